@@ -1,0 +1,38 @@
+"""halo-sql: a SQL engine that runs batch analytics and agentic workflows over LLMs as queries.
+
+    >>> import halo_sql
+    >>> con = halo_sql.connect(backend="sim")
+    >>> con.sql("SELECT LLM_CLASSIFY('Mood of {t}', ['happy', 'sad']) AS mood FROM (SELECT 'ok' t)").num_rows
+    1
+"""
+
+from __future__ import annotations
+
+from halo_sql.errors import (
+    BinderError,
+    DatabaseError,
+    DataError,
+    Error,
+    HaloError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    ModelError,
+    NotSupportedError,
+    OperationalError,
+    ParseError,
+    ProgrammingError,
+    QueryCancelled,
+    Warning,
+)
+from halo_sql.frontends.dbapi import Connection, connect
+from halo_sql.session import Result, Session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BinderError", "Connection", "DataError", "DatabaseError", "Error", "HaloError",
+    "IntegrityError", "InterfaceError", "InternalError", "ModelError", "NotSupportedError",
+    "OperationalError", "ParseError", "ProgrammingError", "QueryCancelled", "Result", "Session",
+    "Warning", "connect",
+]

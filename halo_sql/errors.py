@@ -1,0 +1,89 @@
+"""One exception hierarchy for halo-sql, with the DB-API 2.0 (PEP 249) names where they apply.
+
+Every message names the place: the SQL line and column, the template, the row or the model.
+
+    >>> raise BinderError("unknown column 'txt'", location=SourceLocation(line=1, column=8))
+    Traceback (most recent call last):
+    ...
+    halo_sql.errors.BinderError: line 1, column 8: unknown column 'txt'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """Where in the statement text something stands (1-based line and column)."""
+
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"line {self.line}, column {self.column}"
+
+
+class Warning(Exception):  # noqa: A001 - the name PEP 249 prescribes
+    """Important warnings (PEP 249)."""
+
+
+class Error(Exception):
+    """Base of all halo-sql errors (PEP 249 `Error`)."""
+
+
+class HaloError(Error):
+    """Base class of every error halo-sql raises; carries an optional source location."""
+
+    def __init__(self, message: str, *, location: SourceLocation | None = None) -> None:
+        self.message = message
+        self.location = location
+        super().__init__(f"{location}: {message}" if location else message)
+
+
+class InterfaceError(HaloError):
+    """Misuse of the interface itself, e.g. a closed cursor (PEP 249)."""
+
+
+class DatabaseError(HaloError):
+    """Errors related to the database (PEP 249)."""
+
+
+class DataError(DatabaseError):
+    """Problems with the processed data (PEP 249)."""
+
+
+class OperationalError(DatabaseError):
+    """Errors in the operation of the engine, e.g. a backend that fails to start (PEP 249)."""
+
+
+class IntegrityError(DatabaseError):
+    """Relational integrity violated (PEP 249)."""
+
+
+class InternalError(DatabaseError):
+    """The engine reached a state it should not (PEP 249): a bug worth reporting."""
+
+
+class ProgrammingError(DatabaseError):
+    """Bad SQL, unknown tables or columns, wrong arguments (PEP 249)."""
+
+
+class NotSupportedError(DatabaseError):
+    """A feature halo-sql does not support (PEP 249)."""
+
+
+class ParseError(ProgrammingError):
+    """SQL, a statement of our own, or a prompt template could not be parsed."""
+
+
+class BinderError(ProgrammingError):
+    """A name (table, column, model, label) could not be resolved, or an argument is invalid."""
+
+
+class ModelError(OperationalError):
+    """An LLM backend failed: could not load a model or answer a request."""
+
+
+class QueryCancelled(OperationalError):
+    """The running statement was cancelled (Ctrl-C); answers already paid for are kept."""

@@ -1,0 +1,124 @@
+"""Where halo-sql meets DuckDB's Python API: error mapping, types, and LLM functions as UDFs.
+
+Kept in one module because DuckDB's Python API moves between versions (STYLE.md rule 12).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from halo_sql.errors import (
+    BinderError,
+    DataError,
+    HaloError,
+    IntegrityError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ParseError,
+    ProgrammingError,
+    QueryCancelled,
+)
+from halo_sql.executor.llm_eval import evaluate_groups, evaluate_rows
+from halo_sql.executor.runtime import LLMRuntime, StatementStats
+from halo_sql.logical.plan import LLMUdf
+
+try:  # DuckDB >= 1.4 keeps its type constants here
+    from duckdb import sqltypes as _types
+except ImportError:  # pragma: no cover - older DuckDB
+    from duckdb import typing as _types  # type: ignore[no-redef]
+
+_ERROR_CLASSES: list[tuple[type[BaseException], type[HaloError]]] = [
+    (duckdb.ParserException, ParseError),
+    (duckdb.BinderException, BinderError),
+    (duckdb.CatalogException, BinderError),
+    (duckdb.ConversionException, DataError),
+    (duckdb.OutOfRangeException, DataError),
+    (duckdb.InvalidInputException, ProgrammingError),
+    (duckdb.ConstraintException, IntegrityError),
+    (duckdb.NotImplementedException, NotSupportedError),
+    (duckdb.InterruptException, QueryCancelled),
+    (duckdb.InternalException, InternalError),
+    (duckdb.ProgrammingError, ProgrammingError),
+    (duckdb.DataError, DataError),
+    (duckdb.IntegrityError, IntegrityError),
+    (duckdb.NotSupportedError, NotSupportedError),
+    (duckdb.OperationalError, OperationalError),
+]
+
+
+def duckdb_error(exc: BaseException) -> HaloError:
+    """The halo error for a DuckDB exception. A HaloError raised inside one of our UDFs reaches
+    us wrapped by DuckDB; it is unwrapped to its own class and message."""
+    text = str(exc)
+    if "Python exception" in text or "UDF" in text:
+        match = re.search(r"\b(\w+Error|QueryCancelled): (.*)", text, re.S)
+        if match:
+            return _halo_class(match.group(1))(match.group(2).strip())
+    for duck_class, halo_class in _ERROR_CLASSES:
+        if isinstance(exc, duck_class):
+            return halo_class(text)
+    return OperationalError(text)
+
+
+def _halo_class(name: str) -> type[HaloError]:
+    import halo_sql.errors as errors
+
+    found = getattr(errors, name, None)
+    return found if isinstance(found, type) and issubclass(found, HaloError) else OperationalError
+
+
+def duckdb_type(arrow_type: pa.DataType) -> Any:
+    """The DuckDB type object for an Arrow type produced by LLM functions."""
+    if pa.types.is_boolean(arrow_type):
+        return _types.BOOLEAN
+    if pa.types.is_int64(arrow_type):
+        return _types.BIGINT
+    if pa.types.is_floating(arrow_type):
+        return _types.DOUBLE
+    if pa.types.is_struct(arrow_type):
+        return duckdb.struct_type({f.name: duckdb_type(f.type) for f in arrow_type})
+    if pa.types.is_list(arrow_type):
+        return duckdb.list_type(duckdb_type(arrow_type.value_type))
+    return _types.VARCHAR
+
+
+def register_llm_udf(
+    con: duckdb.DuckDBPyConnection,
+    udf: LLMUdf,
+    runtime: LLMRuntime,
+    stats: StatementStats | Callable[[], StatementStats],
+) -> None:
+    """Register `udf` on `con` as a vectorized Arrow function: one batch per DuckDB vector."""
+
+    def current() -> StatementStats:
+        return stats() if callable(stats) else stats
+
+    if udf.aggregate:
+        params = [duckdb.list_type(_types.VARCHAR)]
+
+        def function(groups: pa.Array) -> pa.Array:
+            return evaluate_groups(udf.call, groups, runtime, current())
+
+    else:
+        # A call without slots still gets one (ignored) argument: it tells the vector's length.
+        params = [_types.VARCHAR] * max(udf.arity, 1)
+
+        def function(*arguments: pa.Array) -> pa.Array:  # type: ignore[misc]
+            slots = list(arguments) if udf.arity else []
+            return evaluate_rows(udf.call, slots, runtime, current(), rows=len(arguments[0]))
+
+    con.create_function(
+        udf.name,
+        function,
+        params,
+        duckdb_type(udf.call.arrow_type) if not udf.aggregate else _types.VARCHAR,
+        type="arrow",
+        null_handling="special",
+        side_effects=True,
+    )

@@ -1,0 +1,190 @@
+"""Run physical plans as pull-based streams of Arrow record batches.
+
+Each operator is a generator: nothing runs before the first batch is pulled, and an operator only
+pulls as much input as its output needs, so a LIMIT above an LLM filter stops model work early.
+Every operator yields at least one batch (possibly empty) so schemas flow to the consumer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import singledispatch
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from halo_sql.errors import HaloError
+from halo_sql.executor.duckdb_bridge import duckdb_error, register_llm_udf
+from halo_sql.executor.llm_eval import evaluate_rows
+from halo_sql.executor.runtime import LLMRuntime, StatementStats
+from halo_sql.physical import operators as po
+
+
+@dataclass
+class ExecutionContext:
+    connection: duckdb.DuckDBPyConnection
+    runtime: LLMRuntime
+    stats: StatementStats
+    materialized: dict[str, pa.Table] = field(default_factory=dict)
+    _scratch: duckdb.DuckDBPyConnection | None = None
+
+    @property
+    def scratch(self) -> duckdb.DuckDBPyConnection:
+        """A private in-memory DuckDB for batch-local expressions (the main connection may be
+        streaming a result, and DuckDB allows one open result per connection)."""
+        if self._scratch is None:
+            self._scratch = duckdb.connect()
+        return self._scratch
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
+
+
+def execute(op: po.PhysicalOp, ctx: ExecutionContext) -> pa.Table | None:
+    """Run a plan to completion; None for statements that return no rows."""
+    batches = list(stream(op, ctx))
+    if not batches or batches[0] is None:
+        return None
+    return pa.Table.from_batches(batches, schema=batches[0].schema)
+
+
+def materialize(op: po.PhysicalOp, ctx: ExecutionContext) -> pa.Table:
+    table = execute(op, ctx)
+    if table is None:
+        raise HaloError("a sub-plan returned no result set")
+    return table
+
+
+@singledispatch
+def stream(op: po.PhysicalOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+    raise TypeError(f"cannot execute {type(op).__name__}")
+
+
+@stream.register
+def _(op: po.DuckDBSubplan, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+    for named in op.inputs:
+        if named.name not in ctx.materialized:
+            ctx.materialized[named.name] = materialize(named.op, ctx)
+    con = ctx.connection
+    registered: list[str] = []
+    functions: list[str] = []
+    reader = None
+    try:
+        for named in op.inputs:
+            con.register(named.name, ctx.materialized[named.name])
+            registered.append(named.name)
+        for udf in op.udfs:
+            register_llm_udf(con, udf, ctx.runtime, ctx.stats)
+            functions.append(udf.name)
+        try:
+            relation = con.sql(op.sql)
+            if relation is None:
+                yield None  # type: ignore[misc]  # a statement without a result set
+                return
+            reader = relation.to_arrow_reader(op.batch_rows)
+        except duckdb.Error as exc:
+            raise duckdb_error(exc) from None
+        produced = False
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except duckdb.Error as exc:
+                raise duckdb_error(exc) from None
+            produced = True
+            yield batch
+        if not produced:
+            yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+    finally:
+        if reader is not None:
+            reader.close()
+        for name in functions:
+            try:
+                con.remove_function(name)
+            except duckdb.Error:
+                pass
+        for name in registered:
+            try:
+                con.unregister(name)
+            except duckdb.Error:
+                pass
+
+
+@stream.register
+def _(op: po.LLMBatchFilter, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+    passed = seen = 0
+    for batch in stream(op.child, ctx):
+        if batch.num_rows == 0:
+            yield batch
+            continue
+        offset = 0
+        while offset < batch.num_rows:
+            size = op.batch_rows
+            if op.limit_hint is not None:
+                needed = op.limit_hint - passed
+                if needed <= 0:
+                    yield batch.slice(0, 0)
+                    return
+                # Ask for about as many rows as should pass, given the selectivity seen so far.
+                selectivity = max(passed / seen, 0.05) if seen else 0.5
+                size = min(op.batch_rows, max(8, math.ceil(needed / selectivity)))
+            piece = batch.slice(offset, size)
+            offset += piece.num_rows
+            mask = evaluate_rows(op.call, [piece.column(a) for a in op.arguments], ctx.runtime, ctx.stats, rows=piece.num_rows)
+            kept = piece.filter(pc.fill_null(mask, False))
+            seen += piece.num_rows
+            passed += kept.num_rows
+            yield kept
+
+
+@stream.register
+def _(op: po.LLMBatchMap, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+    for batch in stream(op.child, ctx):
+        for offset in range(0, max(batch.num_rows, 1), op.batch_rows):
+            piece = batch.slice(offset, op.batch_rows)
+            values = evaluate_rows(op.call, [piece.column(a) for a in op.arguments], ctx.runtime, ctx.stats, rows=piece.num_rows)
+            yield piece.append_column(pa.field(op.output_column, values.type), values)
+
+
+@stream.register
+def _(op: po.BatchSQLFilter, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+    scratch = ctx.scratch
+    for batch in stream(op.child, ctx):
+        if batch.num_rows == 0:
+            yield batch
+            continue
+        scratch.register("__halo_batch", batch)
+        try:
+            mask = scratch.sql(f"SELECT ({op.predicate}) AS m FROM __halo_batch").to_arrow_table()
+        except duckdb.Error as exc:
+            raise duckdb_error(exc) from None
+        finally:
+            scratch.unregister("__halo_batch")
+        yield batch.filter(pc.fill_null(mask.column("m").combine_chunks(), False))
+
+
+@stream.register
+def _(op: po.ProjectOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+    for batch in stream(op.child, ctx):
+        yield batch.select(list(op.columns))
+
+
+@stream.register
+def _(op: po.LimitOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+    remaining = op.count
+    child = stream(op.child, ctx)
+    try:
+        for batch in child:
+            if batch.num_rows >= remaining:
+                yield batch.slice(0, remaining)
+                return
+            remaining -= batch.num_rows
+            yield batch
+    finally:
+        child.close()  # stop upstream work (and close DuckDB readers) right away

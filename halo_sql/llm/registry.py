@@ -1,0 +1,88 @@
+"""Model specifications and the process-wide pool of backend instances.
+
+A backend (a vLLM engine especially) is expensive to start, so every connection in the process that
+names the same backend, model files and options shares one instance.
+
+    >>> spec = ModelSpec("m", "sim")
+    >>> backend_for(spec) is backend_for(ModelSpec("other-name", "sim"))
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from halo_sql.errors import BinderError, ModelError
+from halo_sql.llm.base import Backend
+
+BACKENDS = ("vllm", "sim")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model: which backend serves it, from which files, with which engine options."""
+
+    name: str
+    backend: str
+    model: str | None = None
+    """Model directory or hub id (optional for sim: it then uses a regex tokenizer)."""
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def instance_key(self) -> str:
+        return json.dumps([self.backend, self.model, self.options], sort_keys=True, default=str)
+
+
+_pool: dict[str, Backend] = {}
+_pool_lock = threading.Lock()
+
+
+def backend_for(spec: ModelSpec) -> Backend:
+    """The shared backend instance for `spec`, started on first use."""
+    key = spec.instance_key
+    with _pool_lock:
+        backend = _pool.get(key)
+        if backend is None:
+            backend = _start(spec)
+            _pool[key] = backend
+        return backend
+
+
+def shutdown_all() -> None:
+    """Close every backend of the process (tests and the shell call it at exit)."""
+    with _pool_lock:
+        for backend in _pool.values():
+            backend.close()
+        _pool.clear()
+
+
+def _start(spec: ModelSpec) -> Backend:
+    options = dict(spec.options)
+    if spec.backend == "sim":
+        from halo_sql.llm.sim import SimBackend
+
+        allowed = {"block_size", "cache_capacity_tokens", "context_window", "seed"}
+        _check_options(spec, options, allowed)
+        return SimBackend(spec.model, **options)
+    if spec.backend == "vllm":
+        if not spec.model:
+            raise BinderError(f"model {spec.name!r}: the vllm backend needs model => 'dir-or-hub-id'")
+        from halo_sql.llm.vllm_backend import VLLMBackend
+
+        try:
+            return VLLMBackend(spec.model, **options)
+        except TypeError as exc:
+            raise ModelError(f"model {spec.name!r}: bad option for vllm: {exc}") from None
+    raise BinderError(f"model {spec.name!r}: unknown backend {spec.backend!r} (use one of {BACKENDS})")
+
+
+def _check_options(spec: ModelSpec, options: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise BinderError(
+            f"model {spec.name!r}: unknown option(s) {unknown} for {spec.backend} "
+            f"(allowed: {sorted(allowed)})"
+        )

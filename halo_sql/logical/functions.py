@@ -1,0 +1,314 @@
+"""Recognize LLM function calls in a sqlglot AST and read their arguments.
+
+Two spellings are accepted:
+
+* halo: `LLM('Summarize: {text}', model => 'm', max_tokens => 32)`, `LLM_FILTER(template)`,
+  `LLM_CLASSIFY(template, ['a', 'b'])`, `LLM_EXTRACT(template, '<json schema>')`,
+  `LLM_AGG(template, column)`;
+* FlockMTL: `llm_complete({'model_name': 'm'}, {'prompt': 'Summarize'}, {'text': text})`, and
+  `llm_filter`, `llm_reduce`, `llm_rerank`, `llm_first`, `llm_last` with the same arguments.
+
+    >>> import sqlglot
+    >>> node = sqlglot.parse_one("SELECT LLM_FILTER('Late? {text}')", read="duckdb").expressions[0]
+    >>> site = read_call_site(node, default_model="tiny")
+    >>> site.call.function, [s.sql() for s in site.slot_exprs]
+    (<LLMFunction.FILTER: 'llm_filter'>, ['text'])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlglot import exp
+
+from halo_sql.errors import BinderError, SourceLocation
+from halo_sql.llm.base import DecodingParams, OutputSpec
+from halo_sql.logical.llm_call import LLMCall, LLMFunction
+from halo_sql.parser.template import PromptTemplate, Slot, parse_template
+
+HALO_NAMES = {
+    "llm": LLMFunction.COMPLETE,
+    "llm_filter": LLMFunction.FILTER,
+    "llm_classify": LLMFunction.CLASSIFY,
+    "llm_extract": LLMFunction.EXTRACT,
+    "llm_agg": LLMFunction.AGG,
+}
+FLOCKMTL_NAMES = {
+    "llm_complete": LLMFunction.COMPLETE,
+    "llm_filter": LLMFunction.FILTER,
+    "llm_reduce": LLMFunction.AGG,
+    "llm_rerank": LLMFunction.RERANK,
+    "llm_first": LLMFunction.FIRST,
+    "llm_last": LLMFunction.LAST,
+}
+LLM_FUNCTION_NAMES = frozenset(HALO_NAMES) | frozenset(FLOCKMTL_NAMES)
+
+_DEFAULT_MAX_TOKENS = {
+    LLMFunction.COMPLETE: 64,
+    LLMFunction.FILTER: 2,
+    LLMFunction.CLASSIFY: 16,
+    LLMFunction.EXTRACT: 256,
+    LLMFunction.AGG: 128,
+    LLMFunction.RERANK: 128,
+    LLMFunction.FIRST: 128,
+    LLMFunction.LAST: 128,
+}
+
+
+@dataclass
+class CallSite:
+    """One LLM function call found in a statement."""
+
+    node: exp.Expression
+    """The call's node in the AST (replaced by a column or UDF call when the plan is built)."""
+    call: LLMCall
+    slot_exprs: list[exp.Expression]
+    """SQL expressions whose values fill the template slots, in slot order."""
+    item_expr: exp.Expression | None = None
+    """For aggregate functions: the per-row expression whose values are reduced."""
+
+
+def is_llm_call(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Anonymous) and str(node.this).lower() in LLM_FUNCTION_NAMES
+
+
+def location_of(node: exp.Expression) -> SourceLocation | None:
+    """Best-effort source position of a node (sqlglot records it on identifiers and literals)."""
+    for candidate in node.walk():
+        meta = getattr(candidate, "_meta", None) or {}
+        if "line" in meta and "col" in meta:
+            return SourceLocation(line=int(meta["line"]), column=max(1, int(meta["col"]) - len(str(candidate.this)) + 1))
+    return None
+
+
+def read_call_site(node: exp.Expression, *, default_model: str | None) -> CallSite:
+    """Read an LLM call's arguments into a CallSite, or raise BinderError naming the place."""
+    name = str(node.this).lower()
+    args = list(node.expressions)
+    if args and isinstance(args[0], exp.Struct) and name in FLOCKMTL_NAMES:
+        return _read_flockmtl(node, name, args, default_model)
+    if name not in HALO_NAMES:
+        raise BinderError(
+            f"{name}() takes FlockMTL-style struct arguments: "
+            f"{name}({{'model_name': ...}}, {{'prompt': ...}}, {{'column': expr, ...}})",
+            location=location_of(node),
+        )
+    return _read_halo(node, name, args, default_model)
+
+
+def _read_halo(
+    node: exp.Expression, name: str, args: list[exp.Expression], default_model: str | None
+) -> CallSite:
+    function = HALO_NAMES[name]
+    where = location_of(node)
+    positional = [a for a in args if not isinstance(a, exp.Kwarg)]
+    options = {str(a.this.name).lower(): a.expression for a in args if isinstance(a, exp.Kwarg)}
+    expected = {
+        LLMFunction.COMPLETE: 1,
+        LLMFunction.FILTER: 1,
+        LLMFunction.CLASSIFY: 2,
+        LLMFunction.EXTRACT: 2,
+        LLMFunction.AGG: 2,
+    }[function]
+    usage = {
+        LLMFunction.COMPLETE: "LLM('template {column}' [, model => name, max_tokens => n, temperature => x])",
+        LLMFunction.FILTER: "LLM_FILTER('question about {column}')",
+        LLMFunction.CLASSIFY: "LLM_CLASSIFY('template {column}', ['label1', 'label2'])",
+        LLMFunction.EXTRACT: "LLM_EXTRACT('template {column}', '{\"type\": \"object\", ...}')",
+        LLMFunction.AGG: "LLM_AGG('instruction', column)",
+    }[function]
+    if len(positional) != expected:
+        raise BinderError(
+            f"{name.upper()} takes {expected} positional argument(s), got {len(positional)}; "
+            f"usage: {usage}",
+            location=where,
+        )
+    template = parse_template(_string_literal(positional[0], name, "template"), location=where)
+    output = OutputSpec.text()
+    item_expr = None
+    if function is LLMFunction.FILTER:
+        output = OutputSpec.boolean()
+    elif function is LLMFunction.CLASSIFY:
+        output = OutputSpec.choice(_labels(positional[1], name, where))
+    elif function is LLMFunction.EXTRACT:
+        output = OutputSpec.json(_json_schema(positional[1], name, where))
+    elif function is LLMFunction.AGG:
+        if template.slots:
+            raise BinderError(
+                f"LLM_AGG's instruction takes no column slots (found {{{template.slots[0]}}}); "
+                "pass the column to reduce as the second argument",
+                location=where,
+            )
+        item_expr = positional[1]
+    model, params = _model_and_params(function, options, name, where, default_model)
+    slot_exprs: list[exp.Expression] = [_slot_column(s) for s in template.slots]
+    call = LLMCall(function, template, model, output, params)
+    return CallSite(node, call, slot_exprs, item_expr)
+
+
+def _read_flockmtl(
+    node: exp.Expression, name: str, args: list[exp.Expression], default_model: str | None
+) -> CallSite:
+    function = FLOCKMTL_NAMES[name]
+    where = location_of(node)
+    if len(args) not in (2, 3) or not all(isinstance(a, exp.Struct) for a in args):
+        raise BinderError(
+            f"{name}() takes ({{'model_name': ...}}, {{'prompt': ...}}[, {{'column': expr, ...}}])",
+            location=where,
+        )
+    model_args = _struct_items(args[0])
+    prompt_args = _struct_items(args[1])
+    inputs = _struct_items(args[2]) if len(args) == 3 else {}
+    if "prompt_name" in prompt_args:
+        raise BinderError(
+            f"{name}(): stored prompts ('prompt_name') are not supported; pass {{'prompt': '...'}}",
+            location=where,
+        )
+    if "prompt" not in prompt_args:
+        raise BinderError(f"{name}(): the second argument needs a 'prompt' field", location=where)
+    prompt = _string_literal(prompt_args["prompt"], name, "prompt")
+    options: dict[str, exp.Expression] = {}
+    if "model_name" in model_args:
+        options["model"] = model_args["model_name"]
+    for key in ("max_tokens", "temperature"):
+        if key in model_args:
+            options[key] = model_args[key]
+        elif key in model_args.get("model_parameters", exp.Null()).args.get("expressions", []):
+            pass
+    if function is not LLMFunction.COMPLETE and not inputs:
+        raise BinderError(f"{name}() needs a third argument with the input columns", location=where)
+    output = OutputSpec.boolean() if function is LLMFunction.FILTER else OutputSpec.text()
+    if function in (LLMFunction.RERANK, LLMFunction.FIRST, LLMFunction.LAST):
+        output = OutputSpec.json({"type": "array", "items": {"type": "integer"}})
+    model, params = _model_and_params(function, options, name, where, default_model)
+    item_expr = None
+    slot_exprs: list[exp.Expression] = []
+    if function.is_aggregate:
+        template = PromptTemplate((prompt,), data_last=True)
+        item_expr = exp.Struct(expressions=[exp.PropertyEQ(this=exp.to_identifier(k), expression=v) for k, v in inputs.items()])
+    else:
+        template = PromptTemplate((prompt, *(Slot(None, k) for k in inputs)), data_last=True)
+        slot_exprs = list(inputs.values())
+    call = LLMCall(function, template, model, output, params)
+    return CallSite(node, call, slot_exprs, item_expr)
+
+
+def _model_and_params(
+    function: LLMFunction,
+    options: dict[str, exp.Expression],
+    name: str,
+    where: SourceLocation | None,
+    default_model: str | None,
+) -> tuple[str, DecodingParams]:
+    unknown = set(options) - {"model", "max_tokens", "temperature"}
+    if unknown:
+        raise BinderError(
+            f"{name.upper()}: unknown option(s) {sorted(unknown)}; "
+            "options are model, max_tokens, temperature",
+            location=where,
+        )
+    model = _string_literal(options["model"], name, "model") if "model" in options else default_model
+    if model is None:
+        raise BinderError(
+            f"{name.upper()}: no model given and no default model set; pass model => 'name', "
+            "connect(model=...), CREATE MODEL, or set HALO_MODEL",
+            location=where,
+        )
+    max_tokens = _DEFAULT_MAX_TOKENS[function]
+    if "max_tokens" in options:
+        max_tokens = int(_number_literal(options["max_tokens"], name, "max_tokens"))
+        if max_tokens < 1:
+            raise BinderError(f"{name.upper()}: max_tokens must be at least 1", location=where)
+    temperature = 0.0
+    if "temperature" in options:
+        temperature = float(_number_literal(options["temperature"], name, "temperature"))
+        if temperature < 0:
+            raise BinderError(f"{name.upper()}: temperature must be >= 0", location=where)
+    return model, DecodingParams(max_tokens=max_tokens, temperature=temperature)
+
+
+def _slot_column(slot: Slot) -> exp.Column:
+    return exp.column(slot.name, table=slot.qualifier, quoted=False)
+
+
+def _struct_items(node: exp.Struct) -> dict[str, exp.Expression]:
+    items: dict[str, exp.Expression] = {}
+    for item in node.expressions:
+        if isinstance(item, exp.PropertyEQ | exp.Slice | exp.EQ):
+            key = item.this
+            key_name = key.name if isinstance(key, exp.Identifier | exp.Literal | exp.Column) else key.sql()
+            items[str(key_name)] = item.expression
+        else:
+            items[item.alias_or_name] = item.unalias() if isinstance(item, exp.Alias) else item
+    return items
+
+
+def _string_literal(node: exp.Expression, name: str, what: str) -> str:
+    if isinstance(node, exp.Literal) and node.is_string:
+        return str(node.this)
+    raise BinderError(
+        f"{name.upper()}: the {what} must be a string literal, got {node.sql(dialect='duckdb')}",
+        location=location_of(node),
+    )
+
+
+def _number_literal(node: exp.Expression, name: str, what: str) -> float:
+    value = node.this if isinstance(node, exp.Literal) else None
+    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
+        value = "-" + str(node.this.this)
+    try:
+        return float(str(value))
+    except (TypeError, ValueError):
+        raise BinderError(
+            f"{name.upper()}: {what} must be a number, got {node.sql(dialect='duckdb')}",
+            location=location_of(node),
+        ) from None
+
+
+def _labels(node: exp.Expression, name: str, where: SourceLocation | None) -> list[str]:
+    if not isinstance(node, exp.Array):
+        raise BinderError(
+            f"{name.upper()}: labels must be a list literal like ['positive', 'negative'], "
+            f"got {node.sql(dialect='duckdb')}",
+            location=where,
+        )
+    labels = [_string_literal(item, name, "label") for item in node.expressions]
+    if len(labels) < 2:
+        raise BinderError(f"{name.upper()}: give at least two labels, got {labels}", location=where)
+    if len(set(labels)) != len(labels) or any(not label.strip() for label in labels):
+        raise BinderError(
+            f"{name.upper()}: labels must be distinct and non-empty, got {labels}", location=where
+        )
+    return labels
+
+
+_TYPE_NAMES = {"string", "integer", "number", "boolean"}
+
+
+def _json_schema(node: exp.Expression, name: str, where: SourceLocation | None) -> dict[str, Any]:
+    text = _string_literal(node, name, "JSON schema")
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BinderError(
+            f"{name.upper()}: the JSON schema is not valid JSON ({exc.msg} at character {exc.pos})",
+            location=where,
+        ) from None
+    if not isinstance(schema, dict):
+        raise BinderError(f"{name.upper()}: the JSON schema must be an object", location=where)
+    # Shorthand {"name": "string", "age": "integer"} for a flat object of typed fields.
+    if "type" not in schema and schema and all(v in _TYPE_NAMES for v in schema.values()):
+        schema = {
+            "type": "object",
+            "properties": {k: {"type": v} for k, v in schema.items()},
+            "required": list(schema),
+        }
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise BinderError(f"{name.upper()}: invalid JSON schema: {exc.message}", location=where) from None
+    return schema

@@ -1,0 +1,189 @@
+"""Logical plan nodes: plain immutable data (frozen dataclasses), no live connections.
+
+A statement with LLM calls becomes a small DAG. Relational work stays SQL text that DuckDB runs
+(`DuckDBQuery`); LLM work becomes operators over the rows that reach it:
+
+    DuckDBQuery  SELECT ... FROM __halo_rows_0 ...          <- residual: grouping, ordering, output
+      input __halo_rows_0:
+        LLMMap  __llm_1 = llm(...)                          <- per-row LLM values the query needs
+          Limit 100                                         <- stop as soon as enough rows passed
+            LLMFilter llm_filter(...)                       <- LLM predicates, after cheap ones
+              DuckDBQuery SELECT ... WHERE stars <= 2       <- the relational source
+
+`explain(plan)` prints that tree deterministically (golden tests compare it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from halo_sql.logical.llm_call import LLMCall
+
+
+@dataclass(frozen=True)
+class PlanNode:
+    """Base of all plan nodes."""
+
+    @property
+    def children(self) -> tuple[PlanNode, ...]:
+        return ()
+
+    def walk(self) -> Iterator[PlanNode]:
+        """This node and everything below it, depth first (shared inputs once per reference)."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+@dataclass(frozen=True)
+class NamedInput:
+    """A sub-plan whose rows a DuckDBQuery reads as a table called `name`."""
+
+    name: str
+    plan: PlanNode
+
+
+@dataclass(frozen=True)
+class LLMUdf:
+    """An LLM call DuckDB evaluates itself, as a vectorized function registered for the query.
+
+    Used where the planner does not lift a call into its own operator (aggregate LLM functions,
+    calls in correlated subqueries, HAVING, outer-join conditions): every vector DuckDB hands
+    over is still answered as one batch.
+    """
+
+    name: str
+    call: LLMCall
+    arity: int
+    aggregate: bool = False
+    """True: the single argument is a LIST of items (one group) to reduce, rank or pick from."""
+
+
+@dataclass(frozen=True)
+class DuckDBQuery(PlanNode):
+    """SQL that DuckDB runs over its catalog plus the named inputs."""
+
+    sql: str
+    inputs: tuple[NamedInput, ...] = ()
+    udfs: tuple[LLMUdf, ...] = ()
+
+    @property
+    def children(self) -> tuple[PlanNode, ...]:
+        return tuple(i.plan for i in self.inputs)
+
+
+@dataclass(frozen=True)
+class LLMFilter(PlanNode):
+    """Keep the rows for which the model answers yes."""
+
+    child: PlanNode
+    call: LLMCall
+    arguments: tuple[str, ...]
+    """Input columns holding the template's slot values (VARCHAR), in slot order."""
+    limit_hint: int | None = None
+    """At most this many passing rows are needed downstream: work in small chunks, stop early."""
+
+    @property
+    def children(self) -> tuple[PlanNode, ...]:
+        return (self.child,)
+
+
+@dataclass(frozen=True)
+class LLMMap(PlanNode):
+    """Add a column holding the model's answer for each row."""
+
+    child: PlanNode
+    call: LLMCall
+    arguments: tuple[str, ...]
+    output_column: str
+
+    @property
+    def children(self) -> tuple[PlanNode, ...]:
+        return (self.child,)
+
+
+@dataclass(frozen=True)
+class SQLFilter(PlanNode):
+    """Keep the rows satisfying a DuckDB predicate over the input's columns."""
+
+    child: PlanNode
+    predicate: str
+
+    @property
+    def children(self) -> tuple[PlanNode, ...]:
+        return (self.child,)
+
+
+@dataclass(frozen=True)
+class Project(PlanNode):
+    """Keep only the named columns (drops slot-argument columns no longer needed)."""
+
+    child: PlanNode
+    columns: tuple[str, ...]
+
+    @property
+    def children(self) -> tuple[PlanNode, ...]:
+        return (self.child,)
+
+
+@dataclass(frozen=True)
+class Limit(PlanNode):
+    """Pass the first `count` rows, then stop pulling from the input."""
+
+    child: PlanNode
+    count: int
+
+    @property
+    def children(self) -> tuple[PlanNode, ...]:
+        return (self.child,)
+
+
+@dataclass(frozen=True)
+class StatementPlan:
+    """The plan of one statement plus what EXPLAIN needs to know about it."""
+
+    root: PlanNode
+    notes: tuple[str, ...] = field(default=())
+    """Planner decisions worth showing (e.g. why a call runs as a DuckDB function)."""
+
+
+def explain(plan: PlanNode | StatementPlan) -> str:
+    """Deterministic indented text of a plan (golden tests compare it)."""
+    lines: list[str] = []
+    notes: tuple[str, ...] = ()
+    if isinstance(plan, StatementPlan):
+        notes, plan = plan.notes, plan.root
+    _explain(plan, 0, lines)
+    lines.extend(f"note: {n}" for n in notes)
+    return "\n".join(lines)
+
+
+def _explain(node: PlanNode, depth: int, lines: list[str]) -> None:
+    pad = "  " * depth
+    if isinstance(node, DuckDBQuery):
+        lines.append(f"{pad}DuckDBQuery: {node.sql}")
+        for udf in node.udfs:
+            kind = "aggregate " if udf.aggregate else ""
+            lines.append(f"{pad}  {kind}udf {udf.name} = {udf.call.describe()}")
+        for named in node.inputs:
+            lines.append(f"{pad}  input {named.name}:")
+            _explain(named.plan, depth + 2, lines)
+        return
+    if isinstance(node, LLMFilter):
+        hint = f" limit_hint={node.limit_hint}" if node.limit_hint is not None else ""
+        lines.append(f"{pad}LLMFilter: {node.call.describe()} args={list(node.arguments)}{hint}")
+    elif isinstance(node, LLMMap):
+        lines.append(
+            f"{pad}LLMMap: {node.output_column} = {node.call.describe()} args={list(node.arguments)}"
+        )
+    elif isinstance(node, SQLFilter):
+        lines.append(f"{pad}SQLFilter: {node.predicate}")
+    elif isinstance(node, Project):
+        lines.append(f"{pad}Project: {list(node.columns)}")
+    elif isinstance(node, Limit):
+        lines.append(f"{pad}Limit: {node.count}")
+    else:
+        lines.append(f"{pad}{type(node).__name__}")
+    for child in node.children:
+        _explain(child, depth + 1, lines)

@@ -1,0 +1,186 @@
+"""Split a script into statements and parse halo-sql's own statements (grammar/statements.lark).
+
+    >>> [s.text for s in split_statements("SELECT 1; SELECT ';' ; ")]
+    ['SELECT 1', "SELECT ';'"]
+    >>> parse_own_statement("CREATE MODEL tiny USING vllm WITH (model => '/m', block_size => 32)")
+    CreateModel(name='tiny', backend='vllm', options={'model': '/m', 'block_size': 32}, replace=False, if_not_exists=False)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lark import Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from sqlglot.errors import TokenError
+from sqlglot.tokens import TokenType
+from sqlglot.dialects.duckdb import DuckDB
+
+from halo_sql.errors import ParseError, SourceLocation
+from halo_sql.parser.grammars import grammar
+
+
+@dataclass(frozen=True)
+class StatementText:
+    """One statement of a script and where it starts (for error locations)."""
+
+    text: str
+    line: int = 1
+    column: int = 1
+
+
+@dataclass(frozen=True)
+class CreateModel:
+    name: str
+    backend: str
+    options: dict[str, Any] = field(default_factory=dict)
+    replace: bool = False
+    if_not_exists: bool = False
+
+
+@dataclass(frozen=True)
+class DropModel:
+    name: str
+    if_exists: bool = False
+
+
+@dataclass(frozen=True)
+class ShowModels:
+    pass
+
+
+OwnStatement = CreateModel | DropModel | ShowModels
+
+_OWN = re.compile(
+    r"^\s*(CREATE\s+(OR\s+REPLACE\s+)?(MODEL|AGENT|TOOL)\b|DROP\s+(MODEL|AGENT|TOOL)\b|"
+    r"SHOW\s+(MODELS|AGENTS|TOOLS)\b)",
+    re.I,
+)
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:(ANALYZE)\s+)?(?:\(\s*FORMAT\s+(\w+)\s*\)\s*)?", re.I)
+
+
+def is_own_statement(text: str) -> bool:
+    return bool(_OWN.match(_strip_comments(text)))
+
+
+def split_explain(text: str) -> tuple[bool, bool, str | None, str]:
+    """(is_explain, analyze, format, inner statement)."""
+    match = _EXPLAIN.match(text)
+    if not match:
+        return False, False, None, text
+    return True, bool(match.group(1)), (match.group(2) or "text").lower(), text[match.end() :]
+
+
+def split_statements(script: str) -> list[StatementText]:
+    """Statements of a script, split at top-level semicolons (strings and comments respected)."""
+    try:
+        tokens = DuckDB().tokenize(script)
+    except TokenError as exc:
+        raise ParseError(f"cannot tokenize SQL: {exc}") from None
+    out: list[StatementText] = []
+    start = 0
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            _append(out, script, start, token.start)
+            start = token.end + 1
+    _append(out, script, start, len(script))
+    return out
+
+
+def _append(out: list[StatementText], script: str, start: int, end: int) -> None:
+    piece = script[start:end]
+    if not _strip_comments(piece).strip():
+        return
+    lead = len(piece) - len(piece.lstrip())
+    offset = start + lead
+    line = script.count("\n", 0, offset) + 1
+    column = offset - (script.rfind("\n", 0, offset) + 1) + 1
+    out.append(StatementText(piece.strip(), line, column))
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"--[^\n]*|/\*.*?\*/", " ", text, flags=re.S)
+
+
+class _ToStatement(Transformer):  # type: ignore[type-arg]
+    def name(self, items: list[Token]) -> str:
+        value = str(items[0])
+        return value[1:-1].replace('""', '"') if value.startswith('"') else value.lower()
+
+    def string(self, items: list[Token]) -> str:
+        return str(items[0])[1:-1].replace("''", "'")
+
+    def number(self, items: list[Token]) -> int | float:
+        text = str(items[0])
+        return float(text) if any(c in text for c in ".eE") else int(text)
+
+    def true(self, _: list[Any]) -> bool:
+        return True
+
+    def false(self, _: list[Any]) -> bool:
+        return False
+
+    def null(self, _: list[Any]) -> None:
+        return None
+
+    def bare_word(self, items: list[str]) -> str:
+        return items[0]
+
+    def list(self, items: list[Any]) -> list[Any]:
+        return [i for i in items if i is not None] if items != [None] else []
+
+    @v_args(inline=True)
+    def option(self, key: str, value: Any) -> tuple[str, Any]:
+        return key, value
+
+    def with_options(self, items: list[Any]) -> dict[str, Any]:
+        return dict(i for i in items if i is not None)
+
+    def or_replace(self, _: list[Any]) -> str:
+        return "or_replace"
+
+    def if_not_exists(self, _: list[Any]) -> str:
+        return "if_not_exists"
+
+    def if_exists(self, _: list[Any]) -> str:
+        return "if_exists"
+
+    def create_model(self, items: list[Any]) -> CreateModel:
+        flags = {i for i in items if i in ("or_replace", "if_not_exists")}
+        rest = [i for i in items if i not in ("or_replace", "if_not_exists")]
+        name, backend = rest[0], rest[1]
+        options = rest[2] if len(rest) > 2 else {}
+        return CreateModel(name, backend.lower(), options, "or_replace" in flags, "if_not_exists" in flags)
+
+    def drop_model(self, items: list[Any]) -> DropModel:
+        return DropModel(items[-1], if_exists="if_exists" in items)
+
+    def show_models(self, _: list[Any]) -> ShowModels:
+        return ShowModels()
+
+
+def parse_own_statement(text: str, *, line: int = 1, column: int = 1) -> OwnStatement:
+    """Parse CREATE/DROP/SHOW MODEL statements; errors name the line and column."""
+    try:
+        tree = grammar("statements").parse(text)
+    except UnexpectedInput as exc:
+        at_line = line + exc.line - 1 if exc.line and exc.line > 0 else line
+        at_col = (column + exc.column - 1 if exc.line == 1 else exc.column) if exc.column else column
+        if isinstance(exc, UnexpectedEOF) or (
+            isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
+        ):
+            what = "unexpected end of statement"
+        elif isinstance(exc, UnexpectedToken):
+            what = f"unexpected {str(exc.token)!r}"
+        elif isinstance(exc, UnexpectedCharacters):
+            what = f"unexpected character {text[exc.pos_in_stream]!r}"
+        else:
+            what = "syntax error"
+        hint = (
+            "expected e.g. CREATE MODEL name USING vllm WITH (model => 'path'), "
+            "DROP MODEL name, SHOW MODELS"
+        )
+        raise ParseError(f"{what}; {hint}", location=SourceLocation(at_line, max(1, at_col))) from None
+    return _ToStatement().transform(tree)  # type: ignore[no-any-return]

@@ -1,0 +1,138 @@
+"""Prompt templates: literal text with `{column}` / `{alias.column}` slots (grammar/template.lark).
+
+    >>> t = parse_template("Is this review about delivery? {r.text}")
+    >>> t.slots
+    (Slot(qualifier='r', name='text'),)
+    >>> t.render(["It came late."])
+    'Is this review about delivery? It came late.'
+
+When every slot stands at the end of the template, values are rendered in place. Otherwise the
+instruction keeps its static text first, with slots shown as `[name]`, and the values follow as
+`name: value` lines, so all rows share the instruction as a cacheable prefix:
+
+    >>> parse_template("Does {text} mention {product}?").render(["It broke.", "kettle"])
+    'Does [text] mention [product]?\\n\\ntext: It broke.\\nproduct: kettle'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lark import Token, Tree
+from lark.exceptions import UnexpectedInput
+
+from halo_sql.errors import ParseError, SourceLocation
+from halo_sql.parser.grammars import grammar
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A reference to a column, optionally qualified by a table alias."""
+
+    qualifier: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.qualifier}.{self.name}" if self.qualifier else self.name
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A parsed template: alternating literal text (str) and slots, in order."""
+
+    parts: tuple[str | Slot, ...]
+    data_last: bool = False
+    """Render the literal text as the instruction and every slot as a `name: value` line after it
+    (the layout of FlockMTL-style calls, whose inputs are a struct of named columns)."""
+
+    @property
+    def slots(self) -> tuple[Slot, ...]:
+        return tuple(p for p in self.parts if isinstance(p, Slot))
+
+    @property
+    def inline(self) -> bool:
+        """True when no literal text (other than whitespace/punctuation) follows the first slot."""
+        if self.data_last:
+            return False
+        seen_slot = False
+        for part in self.parts:
+            if isinstance(part, Slot):
+                seen_slot = True
+            elif seen_slot and any(ch.isalnum() for ch in part):
+                return False
+        return True
+
+    @property
+    def static_prefix(self) -> str:
+        """The text every rendered prompt starts with."""
+        if self.inline:
+            out = []
+            for part in self.parts:
+                if isinstance(part, Slot):
+                    break
+                out.append(part)
+            return "".join(out)
+        return self.instruction_text()
+
+    def instruction_text(self) -> str:
+        if self.data_last:
+            return "".join(p for p in self.parts if isinstance(p, str))
+        return "".join(f"[{p.name}]" if isinstance(p, Slot) else p for p in self.parts)
+
+    def render(self, values: Sequence[str]) -> str:
+        """The prompt for one row; `values` are the slot values in slot order."""
+        if len(values) != len(self.slots):
+            raise ValueError(f"template has {len(self.slots)} slots, got {len(values)} values")
+        if self.inline:
+            it = iter(values)
+            return "".join(next(it) if isinstance(p, Slot) else p for p in self.parts)
+        data = "\n".join(f"{slot.name}: {value}" for slot, value in zip(self.slots, values, strict=True))
+        return f"{self.instruction_text().rstrip()}\n\n{data}"
+
+    def __str__(self) -> str:
+        if self.data_last:
+            inputs = ", ".join(str(s) for s in self.slots)
+            return f"{self.instruction_text()} <- ({inputs})"
+        return "".join(
+            "{" + str(p) + "}" if isinstance(p, Slot) else p.replace("{", "{{").replace("}", "}}")
+            for p in self.parts
+        )
+
+
+def parse_template(text: str, *, location: SourceLocation | None = None) -> PromptTemplate:
+    """Parse a template string; errors name the offset inside the template and the SQL location."""
+    if not text.strip():
+        raise ParseError("prompt template is empty", location=location)
+    try:
+        tree = grammar("template").parse(text)
+    except UnexpectedInput as exc:
+        where = f" at character {exc.column}" if getattr(exc, "column", None) else ""
+        raise ParseError(
+            f"bad prompt template{where}: {text!r} (slots look like {{column}} or "
+            "{alias.column}; write {{ and }} for literal braces)",
+            location=location,
+        ) from None
+    parts: list[str | Slot] = []
+    for child in tree.children:
+        assert isinstance(child, Tree)
+        if child.data == "text":
+            piece = str(child.children[0])
+        elif child.data == "lbrace":
+            piece = "{"
+        elif child.data == "rbrace":
+            piece = "}"
+        else:
+            names = [_unquote(t) for t in child.children if isinstance(t, Token)]
+            parts.append(Slot(names[0], names[1]) if len(names) == 2 else Slot(None, names[0]))
+            continue
+        if parts and isinstance(parts[-1], str):
+            parts[-1] += piece
+        else:
+            parts.append(piece)
+    return PromptTemplate(tuple(parts))
+
+
+def _unquote(token: Token) -> str:
+    value = str(token)
+    return value[1:-1] if value.startswith('"') else value

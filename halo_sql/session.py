@@ -1,0 +1,402 @@
+"""`Session`: the one place every front end goes through (`Session.execute(sql)`).
+
+A session owns a DuckDB connection, the models it knows, and the LLM runtime. For each statement it
+parses (our own statements with lark, SQL with sqlglot), builds the logical plan, lets the optimizer
+rewrite it, chooses physical operators and runs them, recording what the statement cost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError as SqlglotParseError
+
+from halo_sql.errors import BinderError, ParseError, ProgrammingError, SourceLocation
+from halo_sql.executor.duckdb_bridge import duckdb_error
+from halo_sql.executor.engine import ExecutionContext, execute
+from halo_sql.executor.runtime import LLMRuntime, StatementStats
+from halo_sql.llm.base import Backend
+from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
+from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder
+from halo_sql.logical.functions import LLM_FUNCTION_NAMES
+from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain
+from halo_sql.optimizer import optimize
+from halo_sql.parser.statements import (
+    CreateModel,
+    DropModel,
+    OwnStatement,
+    ShowModels,
+    StatementText,
+    is_own_statement,
+    parse_own_statement,
+    split_explain,
+    split_statements,
+)
+from halo_sql.physical.planner import PhysicalSettings, physical_plan
+
+Params = Sequence[Any] | Mapping[str, Any] | None
+
+_LLM_NAME = re.compile(r"\b(" + "|".join(sorted(LLM_FUNCTION_NAMES)) + r")\s*\(", re.I)
+_MODELS_TABLE = "halo_catalog.models"
+
+
+@dataclass
+class Result:
+    """The outcome of one statement."""
+
+    table: pa.Table | None
+    """The result set; None for statements that return none."""
+    stats: StatementStats = field(default_factory=StatementStats)
+    statement: str = ""
+
+    @property
+    def rowcount(self) -> int:
+        if self.table is None:
+            return -1
+        if self.table.column_names == ["Count"] and self.table.num_rows == 1:
+            return int(self.table.column(0)[0].as_py())
+        return self.table.num_rows
+
+
+class Session:
+    """A connection to a DuckDB database with LLM functions and models."""
+
+    def __init__(
+        self,
+        database: str = ":memory:",
+        *,
+        model: str | None = None,
+        backend: str | None = None,
+        model_options: Mapping[str, Any] | None = None,
+        connection: duckdb.DuckDBPyConnection | None = None,
+        read_only: bool = False,
+        settings: PhysicalSettings | None = None,
+    ) -> None:
+        try:
+            self.connection = connection or duckdb.connect(database, read_only=read_only)
+        except duckdb.Error as exc:
+            raise duckdb_error(exc) from None
+        self.database = database
+        self.models: dict[str, ModelSpec] = {}
+        self.default_model: str | None = None
+        self.settings = settings or PhysicalSettings()
+        self.runtime = LLMRuntime(self.backend)
+        self.last_stats = StatementStats()
+        self.last_plan: StatementPlan | None = None
+        self._current: StatementStats | None = None
+        self._lock = threading.RLock()
+        self._load_models()
+        self._set_default_model(model, backend, dict(model_options or {}))
+
+    # -- models ----------------------------------------------------------------------------------
+    def _set_default_model(self, model: str | None, backend: str | None, options: dict[str, Any]) -> None:
+        model = model or os.environ.get("HALO_MODEL") or None
+        backend = (backend or os.environ.get("HALO_BACKEND") or ("vllm" if model else "")).lower()
+        if backend and backend not in BACKENDS:
+            raise BinderError(f"unknown backend {backend!r} (use one of {', '.join(BACKENDS)})")
+        if model and model in self.models:
+            self.default_model = model
+            return
+        if backend:
+            self.models["default"] = ModelSpec("default", backend, model, options)
+            self.default_model = "default"
+
+    def backend(self, model: str) -> Backend:
+        """The running backend for a model name (started on first use, shared in the process)."""
+        spec = self.models.get(model)
+        if spec is None:
+            raise BinderError(self._unknown_model(model))
+        return backend_for(spec)
+
+    def resolve_model(self, name: str) -> str:
+        key = name if name in self.models else name.lower()
+        if key not in self.models:
+            raise BinderError(self._unknown_model(name))
+        return key
+
+    def _unknown_model(self, name: str) -> str:
+        known = ", ".join(sorted(self.models)) or "none"
+        return (
+            f"unknown model {name!r} (models: {known}); create it with "
+            f"CREATE MODEL {name} USING vllm WITH (model => 'path-or-hub-id')"
+        )
+
+    def _load_models(self) -> None:
+        try:
+            rows = self.connection.sql(
+                f"SELECT name, backend, model, options FROM {_MODELS_TABLE}"
+            ).fetchall()
+        except duckdb.Error:
+            return
+        for name, backend, model, options in rows:
+            self.models[name] = ModelSpec(name, backend, model, json.loads(options or "{}"))
+
+    def _save_model(self, spec: ModelSpec | None, drop: str | None = None) -> None:
+        if self.database == ":memory:" and not self._models_table_exists():
+            return  # nothing outlives an in-memory database; keep its catalog clean
+        con = self.connection
+        con.execute("CREATE SCHEMA IF NOT EXISTS halo_catalog")
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {_MODELS_TABLE} "
+            "(name VARCHAR PRIMARY KEY, backend VARCHAR, model VARCHAR, options VARCHAR)"
+        )
+        if drop is not None:
+            con.execute(f"DELETE FROM {_MODELS_TABLE} WHERE name = ?", [drop])
+        if spec is not None:
+            con.execute(f"DELETE FROM {_MODELS_TABLE} WHERE name = ?", [spec.name])
+            con.execute(
+                f"INSERT INTO {_MODELS_TABLE} VALUES (?, ?, ?, ?)",
+                [spec.name, spec.backend, spec.model, json.dumps(spec.options, sort_keys=True)],
+            )
+
+    def _models_table_exists(self) -> bool:
+        try:
+            self.connection.sql(f"SELECT 1 FROM {_MODELS_TABLE} LIMIT 0").fetchall()
+            return True
+        except duckdb.Error:
+            return False
+
+    # -- statements ------------------------------------------------------------------------------
+    def execute(
+        self,
+        sql: str,
+        params: Params = None,
+        *,
+        progress: Callable[[StatementStats], None] | None = None,
+    ) -> Result:
+        """Run every statement of `sql`; returns the last statement's result."""
+        statements = split_statements(sql)
+        if not statements:
+            raise ProgrammingError("empty statement: nothing to run")
+        if params and len(statements) > 1:
+            raise ProgrammingError("parameters can only be bound to a single statement")
+        result = Result(None)
+        with self._lock:
+            for statement in statements:
+                result = self._execute_one(statement, params, progress)
+        return result
+
+    def cancel(self) -> None:
+        """Cancel the running statement (safe from another thread or a signal handler)."""
+        current = self._current
+        if current is not None:
+            current.cancel.set()
+        try:
+            self.connection.interrupt()
+        except duckdb.Error:
+            pass
+
+    def plan(self, sql: str, params: Params = None) -> StatementPlan:
+        """The optimized logical plan of one statement."""
+        statements = split_statements(sql)
+        if len(statements) != 1:
+            raise ProgrammingError(f"expected one statement, got {len(statements)}")
+        return self._plan(statements[0], statements[0].text, params)
+
+    def _execute_one(
+        self,
+        statement: StatementText,
+        params: Params,
+        progress: Callable[[StatementStats], None] | None,
+    ) -> Result:
+        stats = StatementStats(progress=progress)
+        self._current = stats
+        began = time.perf_counter()
+        table: pa.Table | None = None
+        try:
+            if is_own_statement(statement.text):
+                own = parse_own_statement(statement.text, line=statement.line, column=statement.column)
+                table = self._run_own(own)
+            else:
+                is_explain, analyze, fmt, inner = split_explain(statement.text)
+                plan = self._plan(statement, inner, params)
+                self.last_plan = plan
+                if is_explain and not analyze:
+                    table = _plan_table(plan, fmt)
+                else:
+                    table = self._run_plan(plan, stats, params)
+                    if is_explain:
+                        table = _plan_table(plan, fmt, stats)
+        finally:
+            stats.seconds = time.perf_counter() - began
+            stats.rows_out = table.num_rows if table is not None else 0
+            self.last_stats = stats
+            self._current = None
+        return Result(table, stats, statement.text)
+
+    def _plan(self, statement: StatementText, text: str, params: Params) -> StatementPlan:
+        if not _LLM_NAME.search(text):
+            return StatementPlan(DuckDBQuery(text))
+        try:
+            ast = sqlglot.parse_one(text, read=DIALECT)
+        except SqlglotParseError as exc:
+            detail = exc.errors[0] if exc.errors else {}
+            line = int(detail.get("line", 1)) + statement.line - 1
+            col = int(detail.get("col", 1))
+            message = str(detail.get("description", exc)).strip()
+            raise ParseError(f"SQL syntax error: {message}", location=SourceLocation(line, col)) from None
+        if ast is None:
+            raise ProgrammingError("empty statement: nothing to run")
+        if params:
+            ast = _bind_params(ast, params)
+        catalog = BindCatalog(
+            table_columns=self._table_columns,
+            check_sql=self._check_sql,
+            resolve_model=self.resolve_model,
+            default_model=self.default_model,
+        )
+        plan = PlanBuilder(catalog).build(ast, text)
+        return optimize(plan)
+
+    def _run_plan(self, plan: StatementPlan, stats: StatementStats, params: Params) -> pa.Table | None:
+        root = plan.root
+        ctx = ExecutionContext(self.connection, self.runtime, stats)
+        try:
+            if isinstance(root, DuckDBQuery) and not root.inputs and not root.udfs:
+                return self._run_plain(root.sql, params)
+            return execute(physical_plan(root, self.settings), ctx)
+        finally:
+            ctx.close()
+
+    def _run_plain(self, sql: str, params: Params) -> pa.Table | None:
+        try:
+            relation = self.connection.sql(sql, params=params) if params else self.connection.sql(sql)
+            return relation.to_arrow_table() if relation is not None else None
+        except duckdb.Error as exc:
+            raise duckdb_error(exc) from None
+
+    def _run_own(self, statement: OwnStatement) -> pa.Table | None:
+        if isinstance(statement, CreateModel):
+            if statement.backend not in BACKENDS:
+                raise BinderError(
+                    f"CREATE MODEL {statement.name}: unknown backend {statement.backend!r} "
+                    f"(use one of {', '.join(BACKENDS)})"
+                )
+            exists = statement.name in self.models
+            if exists and statement.if_not_exists:
+                return None
+            if exists and not statement.replace:
+                raise BinderError(
+                    f"model {statement.name!r} already exists (use CREATE OR REPLACE MODEL)"
+                )
+            options = dict(statement.options)
+            path = options.pop("model", None)
+            if statement.backend == "vllm" and not path:
+                raise BinderError(
+                    f"CREATE MODEL {statement.name}: the vllm backend needs "
+                    "WITH (model => 'path-or-hub-id')"
+                )
+            spec = ModelSpec(statement.name, statement.backend, path, options)
+            self.models[statement.name] = spec
+            if self.default_model is None:
+                self.default_model = statement.name
+            self._save_model(spec)
+            return None
+        if isinstance(statement, DropModel):
+            if statement.name not in self.models:
+                if statement.if_exists:
+                    return None
+                raise BinderError(self._unknown_model(statement.name))
+            del self.models[statement.name]
+            if self.default_model == statement.name:
+                self.default_model = None
+            self._save_model(None, drop=statement.name)
+            return None
+        assert isinstance(statement, ShowModels)
+        rows = [
+            {
+                "name": spec.name,
+                "backend": spec.backend,
+                "model": spec.model,
+                "options": json.dumps(spec.options, sort_keys=True),
+                "is_default": spec.name == self.default_model,
+            }
+            for spec in sorted(self.models.values(), key=lambda s: s.name)
+        ]
+        schema = pa.schema(
+            [("name", pa.string()), ("backend", pa.string()), ("model", pa.string()),
+             ("options", pa.string()), ("is_default", pa.bool_())]
+        )
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    # -- catalog callbacks for the binder ---------------------------------------------------------
+    def _table_columns(self, table: exp.Table) -> dict[str, str] | None:
+        name = exp.table_(table.this, db=table.args.get("db"), catalog=table.args.get("catalog")).sql(DIALECT)
+        try:
+            rows = self.connection.sql(f"DESCRIBE SELECT * FROM {name}").fetchall()
+        except duckdb.Error:
+            return None
+        return {str(row[0]).lower(): str(row[1]) for row in rows}
+
+    def _check_sql(self, sql: str) -> None:
+        try:
+            relation = self.connection.sql(f"EXPLAIN {sql}")
+            if relation is not None:
+                relation.fetchall()
+        except duckdb.Error as exc:
+            raise duckdb_error(exc) from None
+
+
+def _bind_params(ast: exp.Expression, params: Params) -> exp.Expression:
+    """Substitute parameter values as literals (they may sit inside LLM templates)."""
+    ast = ast.copy()
+    placeholders = [n for n in ast.walk() if isinstance(n, exp.Placeholder | exp.Parameter)]
+    if isinstance(params, Mapping):
+        for node in placeholders:
+            key = str(node.name or node.this)
+            if key not in params:
+                raise ProgrammingError(f"no value for parameter ${key}")
+            node.replace(exp.convert(params[key]))
+        return ast
+    values = list(params or [])
+    positional = [n for n in placeholders if not (n.name or n.this)]
+    numbered = [n for n in placeholders if n not in positional]
+    if positional and len(positional) != len(values):
+        raise ProgrammingError(
+            f"statement has {len(positional)} parameter(s) but {len(values)} value(s) were given"
+        )
+    for node, value in zip(positional, values, strict=False):
+        node.replace(exp.convert(value))
+    for node in numbered:
+        index = int(str(node.name or node.this)) - 1
+        if not 0 <= index < len(values):
+            raise ProgrammingError(f"no value for parameter ${index + 1}")
+        node.replace(exp.convert(values[index]))
+    return ast
+
+
+def _plan_table(plan: StatementPlan, fmt: str | None, stats: StatementStats | None = None) -> pa.Table:
+    if fmt == "json":
+        payload: dict[str, Any] = {"plan": explain(plan).splitlines()}
+        if stats is not None:
+            payload["actual"] = stats.as_dict()
+        return pa.table({"plan": [json.dumps(payload, indent=2)]})
+    text = explain(plan)
+    if stats is not None:
+        actual = stats.as_dict()
+        text += "\nactual: " + ", ".join(
+            f"{k}={actual[k]}" for k in (
+                "llm_requests", "prompt_tokens", "cached_prompt_tokens", "output_tokens",
+                "deduplicated_requests", "invalid_answers",
+            )
+        )
+    return pa.table({"plan": [text]})
+
+
+def _silence_duckdb_copy_warning() -> None:
+    warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
+
+
+_silence_duckdb_copy_warning()
