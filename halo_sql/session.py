@@ -147,18 +147,18 @@ class Session:
         if self.database == ":memory:" and not self._models_table_exists():
             return  # nothing outlives an in-memory database; keep its catalog clean
         con = self.connection
-        con.execute("CREATE SCHEMA IF NOT EXISTS halo_catalog")
-        con.execute(
+        con.sql("CREATE SCHEMA IF NOT EXISTS halo_catalog")
+        con.sql(
             f"CREATE TABLE IF NOT EXISTS {_MODELS_TABLE} "
             "(name VARCHAR PRIMARY KEY, backend VARCHAR, model VARCHAR, options VARCHAR)"
         )
         if drop is not None:
-            con.execute(f"DELETE FROM {_MODELS_TABLE} WHERE name = ?", [drop])
+            con.sql(f"DELETE FROM {_MODELS_TABLE} WHERE name = ?", params=[drop])
         if spec is not None:
-            con.execute(f"DELETE FROM {_MODELS_TABLE} WHERE name = ?", [spec.name])
-            con.execute(
+            con.sql(f"DELETE FROM {_MODELS_TABLE} WHERE name = ?", params=[spec.name])
+            con.sql(
                 f"INSERT INTO {_MODELS_TABLE} VALUES (?, ?, ?, ?)",
-                [spec.name, spec.backend, spec.model, json.dumps(spec.options, sort_keys=True)],
+                params=[spec.name, spec.backend, spec.model, json.dumps(spec.options, sort_keys=True)],
             )
 
     def _models_table_exists(self) -> bool:

@@ -43,7 +43,6 @@ def vllm_backend(tiny_model_dir: Path) -> Iterator[VLLMBackend]:
         pytest.skip(f"vLLM is not importable here ({exc}); install halo-sql[cpu] to run this test")
     from halo_sql.llm.vllm_backend import VLLMBackend
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     backend = VLLMBackend(
         str(tiny_model_dir), max_model_len=4096, dtype="float32", seed=0, block_size=32
     )

@@ -54,8 +54,15 @@ def test_seed_is_passed_only_when_sampling_is_random() -> None:
 def test_prefix_caching_cannot_be_switched_off() -> None:
     pytest.importorskip("vllm")
     kwargs = vllm_compat.engine_kwargs(
-        "/m", block_size=32, max_model_len=None, kv_cache_gib=1.5, dtype=None, seed=0,
-        enforce_eager=None, max_num_seqs=None, extra={"enable_prefix_caching": False},
+        "/m",
+        block_size=32,
+        max_model_len=None,
+        kv_cache_gib=1.5,
+        dtype=None,
+        seed=0,
+        enforce_eager=None,
+        max_num_seqs=None,
+        extra={"enable_prefix_caching": False},
     )
     assert kwargs["enable_prefix_caching"] is True
     assert kwargs["kv_cache_memory_bytes"] == int(1.5 * 2**30)
@@ -152,12 +159,21 @@ def test_label_budget_is_raised_so_the_longest_label_fits(vllm_backend: VLLMBack
 @pytest.mark.vllm
 def test_json_answers_parse_or_report_length_honestly(vllm_backend: VLLMBackend) -> None:
     schemas = [
-        {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
-         "additionalProperties": False},
+        {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}},
+            "required": ["ok"],
+            "additionalProperties": False,
+        },
         {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},
-        {"type": "object", "properties": {"label": {"enum": ["late", "on time"]},
-                                          "note": {"type": "string", "maxLength": 12}},
-         "required": ["label", "note"]},
+        {
+            "type": "object",
+            "properties": {
+                "label": {"enum": ["late", "on time"]},
+                "note": {"type": "string", "maxLength": 12},
+            },
+            "required": ["label", "note"],
+        },
     ]
     requests = [
         LLMRequest(PREFIX + "Give JSON:", OutputSpec.json(s), DecodingParams(max_tokens=40))
@@ -195,7 +211,9 @@ def test_prompts_sharing_a_long_prefix_report_cached_prompt_tokens(
 @pytest.mark.vllm
 def test_greedy_decoding_is_deterministic_across_calls(vllm_backend: VLLMBackend) -> None:
     requests = [
-        LLMRequest(PREFIX + "Review: refund requested. Reply:", params=DecodingParams(max_tokens=16)),
+        LLMRequest(
+            PREFIX + "Review: refund requested. Reply:", params=DecodingParams(max_tokens=16)
+        ),
         LLMRequest("Classify:", OutputSpec.choice(["a", "b", "c"])),
     ]
     first = vllm_backend.generate(requests)

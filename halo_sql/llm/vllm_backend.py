@@ -160,11 +160,13 @@ class VLLMBackend:
         # process too) and gives us the length to check before the batch is sent.
         if not self.chat_template:
             return list(self._tokenizer.encode(prompt))
-        text = self._tokenizer.apply_chat_template(
+        rendered = self._tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
+        if not isinstance(rendered, str):  # some tokenizers return ids whatever `tokenize` says
+            return list(rendered)
         # The rendered template already holds the BOS token when the model wants one.
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
+        return list(self._tokenizer.encode(rendered, add_special_tokens=False))
 
     def _prompt_problem(self, ids: list[int]) -> str | None:
         if not ids:
@@ -183,8 +185,10 @@ class VLLMBackend:
         if request.output.kind in (OutputKind.BOOLEAN, OutputKind.CHOICE):
             labels = request.output.labels
             if labels not in self._label_budget:
-                longest = max((len(self._tokenizer.encode(x, add_special_tokens=False))
-                               for x in labels), default=0)
+                longest = max(
+                    (len(self._tokenizer.encode(x, add_special_tokens=False)) for x in labels),
+                    default=0,
+                )
                 self._label_budget[labels] = longest + 1
             budget = max(budget, self._label_budget[labels])
         return budget

@@ -49,7 +49,9 @@ def import_vllm() -> ModuleType:
     try:
         import vllm
     except ImportError as exc:  # also a broken install: a missing shared library, a torch mismatch
-        raise ModelError(f"vLLM is not importable ({exc}); install it with {INSTALL_HINT}") from None
+        raise ModelError(
+            f"vLLM is not importable ({exc}); install it with {INSTALL_HINT}"
+        ) from None
     return vllm
 
 

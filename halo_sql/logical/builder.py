@@ -31,7 +31,7 @@ from sqlglot.optimizer.scope import Scope, traverse_scope
 from halo_sql.errors import BinderError
 from halo_sql.llm.base import OutputKind
 from halo_sql.logical.functions import CallSite, is_llm_call, location_of, read_call_site
-from halo_sql.logical.llm_call import LLMFunction
+from halo_sql.logical.llm_call import LLMFunction, sql_type_for
 from halo_sql.logical.plan import (
     DuckDBQuery,
     Limit,
@@ -500,14 +500,14 @@ def _placeholder_sql(statement: exp.Expression, sites: dict[int, CallSite]) -> s
     copies = [n for n in copy.walk() if is_llm_call(n)]
     for original, node in zip(originals, copies, strict=True):
         site = sites[id(original)]
-        type_sql = "BOOLEAN" if site.call.output.kind is OutputKind.BOOLEAN else "VARCHAR"
+        type_sql = sql_type_for(site.call.arrow_type)
         if site.call.function.is_aggregate and site.item_expr is not None:
             item = site.item_expr.copy()
             placeholder = exp.cast(
                 exp.Anonymous(this="any_value", expressions=[item]), exp.DataType.build("VARCHAR")
             )
         else:
-            placeholder = exp.cast(exp.Null(), exp.DataType.build(type_sql))
+            placeholder = exp.cast(exp.Null(), exp.DataType.build(type_sql, dialect=DIALECT))
         node.replace(placeholder)
     return copy.sql(DIALECT)
 

@@ -161,6 +161,28 @@ def schema_to_arrow(schema: dict[str, Any]) -> pa.DataType:
     }.get(kind or "", pa.string())
 
 
+def sql_type_for(arrow_type: pa.DataType) -> str:
+    """DuckDB SQL spelling of an LLM function's result type.
+
+    >>> sql_type_for(pa.struct([pa.field("urgent", pa.bool_())]))
+    'STRUCT("urgent" BOOLEAN)'
+    """
+    if pa.types.is_boolean(arrow_type):
+        return "BOOLEAN"
+    if pa.types.is_int64(arrow_type):
+        return "BIGINT"
+    if pa.types.is_floating(arrow_type):
+        return "DOUBLE"
+    if pa.types.is_struct(arrow_type):
+        fields = ", ".join(
+            '"' + f.name.replace('"', '""') + '" ' + sql_type_for(f.type) for f in arrow_type
+        )
+        return f"STRUCT({fields})"
+    if pa.types.is_list(arrow_type):
+        return sql_type_for(arrow_type.value_type) + "[]"
+    return "VARCHAR"
+
+
 def to_arrow_value(value: Any, arrow_type: pa.DataType) -> Any:
     """Shape a parsed JSON value for `arrow_type` (JSON text where the type is a plain string)."""
     if value is None:

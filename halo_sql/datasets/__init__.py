@@ -1,0 +1,1 @@
+"""Data sets the demo, the tests and the benchmark generate locally (no downloads)."""
