@@ -23,15 +23,16 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError as SqlglotParseError
 
-from halo_sql.errors import BinderError, ParseError, ProgrammingError, SourceLocation
+from halo_sql.errors import BinderError, HaloError, ParseError, ProgrammingError, SourceLocation
 from halo_sql.executor.duckdb_bridge import duckdb_error
-from halo_sql.executor.engine import ExecutionContext, execute
+from halo_sql.executor.batch import BatchingRuntime
+from halo_sql.executor.engine import ExecutionContext, SubplanCache, execute
 from halo_sql.executor.runtime import LLMRuntime, StatementStats
 from halo_sql.llm.base import Backend
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder
 from halo_sql.logical.functions import LLM_FUNCTION_NAMES
-from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain
+from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain, explain_consolidated
 from halo_sql.optimizer import optimize
 from halo_sql.parser.statements import (
     CreateModel,
@@ -60,6 +61,8 @@ class Result:
     """The result set; None for statements that return none."""
     stats: StatementStats = field(default_factory=StatementStats)
     statement: str = ""
+    error: HaloError | None = None
+    """In a batch: why this query failed (the other queries still ran)."""
 
     @property
     def rowcount(self) -> int:
@@ -96,6 +99,8 @@ class Session:
         self.last_stats = StatementStats()
         self.last_plan: StatementPlan | None = None
         self._current: StatementStats | None = None
+        self._batch_stats: list[StatementStats] = []
+        self.registrations: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._load_models()
         self._set_default_model(model, backend, dict(model_options or {}))
@@ -193,6 +198,8 @@ class Session:
         current = self._current
         if current is not None:
             current.cancel.set()
+        for stats in list(self._batch_stats):
+            stats.cancel.set()
         try:
             self.connection.interrupt()
         except duckdb.Error:
@@ -260,22 +267,145 @@ class Session:
         plan = PlanBuilder(catalog).build(ast, text)
         return optimize(plan)
 
-    def _run_plan(self, plan: StatementPlan, stats: StatementStats, params: Params) -> pa.Table | None:
+    def _run_plan(
+        self,
+        plan: StatementPlan,
+        stats: StatementStats,
+        params: Params,
+        *,
+        connection: duckdb.DuckDBPyConnection | None = None,
+        runtime: LLMRuntime | None = None,
+        shared: SubplanCache | None = None,
+    ) -> pa.Table | None:
         root = plan.root
-        ctx = ExecutionContext(self.connection, self.runtime, stats)
+        con = connection or self.connection
+        ctx = ExecutionContext(con, runtime or self.runtime, stats, shared=shared)
         try:
             if isinstance(root, DuckDBQuery) and not root.inputs and not root.udfs:
-                return self._run_plain(root.sql, params)
+                return self._run_plain(root.sql, params, con)
             return execute(physical_plan(root, self.settings), ctx)
         finally:
             ctx.close()
 
-    def _run_plain(self, sql: str, params: Params) -> pa.Table | None:
+    def _run_plain(
+        self, sql: str, params: Params, connection: duckdb.DuckDBPyConnection | None = None
+    ) -> pa.Table | None:
+        con = connection or self.connection
         try:
-            relation = self.connection.sql(sql, params=params) if params else self.connection.sql(sql)
+            relation = con.sql(sql, params=params) if params else con.sql(sql)
             return relation.to_arrow_table() if relation is not None else None
         except duckdb.Error as exc:
             raise duckdb_error(exc) from None
+
+    # -- batches ---------------------------------------------------------------------------------
+    def register(self, name: str, data: Any) -> None:
+        """Expose a DataFrame/Arrow object as a view (remembered so batch workers see it too)."""
+        self.connection.register(name, data)
+        self.registrations[name] = data
+
+    def unregister(self, name: str) -> None:
+        self.connection.unregister(name)
+        self.registrations.pop(name, None)
+
+    def execute_batch(
+        self,
+        queries: str | Sequence[str | tuple[str, Params]],
+        params: Any = None,
+        *,
+        workers: int | None = None,
+        progress: Callable[[BatchProgress], None] | None = None,
+    ) -> BatchResult:
+        """Run a batch of queries as one workload; results come back in input order.
+
+        `queries` is a list of SQL strings or (sql, params) pairs, or one SQL template with
+        `params` a table of parameter rows (pyarrow Table, pandas DataFrame, list of dicts or
+        tuples, or a SQL query whose rows are the parameters). A query that fails gets its
+        `error` set; the others still complete.
+        """
+        items = _batch_items(self, queries, params)
+        began = time.perf_counter()
+        results: list[Result] = [Result(None, StatementStats(), sql) for sql, _ in items]
+        plans: list[StatementPlan | None] = []
+        with self._lock:
+            for index, (sql, values) in enumerate(items):
+                try:
+                    statements = split_statements(sql)
+                    if len(statements) != 1:
+                        raise ProgrammingError(f"a batch item must be one statement, got {len(statements)}")
+                    plans.append(self._plan(statements[0], statements[0].text, values))
+                except HaloError as exc:
+                    results[index].error = exc
+                    plans.append(None)
+            runtime = BatchingRuntime(self.runtime)
+            shared = SubplanCache()
+            local = threading.local()
+            cursors: list[duckdb.DuckDBPyConnection] = []
+            cursors_lock = threading.Lock()
+            done = [0]
+            batch_progress = BatchProgress(total=len(items))
+
+            def cursor() -> duckdb.DuckDBPyConnection:
+                con = getattr(local, "con", None)
+                if con is None:
+                    con = self.connection.cursor()
+                    for name, data in self.registrations.items():
+                        con.register(name, data)
+                    local.con = con
+                    with cursors_lock:
+                        cursors.append(con)
+                return con
+
+            def run(index: int) -> None:
+                plan = plans[index]
+                if plan is None:
+                    return
+                result = results[index]
+                stats = result.stats
+                self._batch_stats.append(stats)
+                runtime.worker_started()
+                began_query = time.perf_counter()
+                try:
+                    result.table = self._run_plan(
+                        plan, stats, items[index][1], connection=cursor(), runtime=runtime, shared=shared
+                    )
+                except HaloError as exc:
+                    result.error = exc
+                finally:
+                    runtime.worker_finished()
+                    stats.seconds = time.perf_counter() - began_query
+                    stats.rows_out = result.table.num_rows if result.table is not None else 0
+                    with cursors_lock:
+                        done[0] += 1
+                        batch_progress.done = done[0]
+                        batch_progress.llm_requests = runtime.counters.requests_sent
+                    if progress is not None:
+                        progress(batch_progress)
+
+            self._batch_stats = []
+            pool_size = workers or min(64, max(1, len(items)))
+            from concurrent.futures import ThreadPoolExecutor
+
+            try:
+                with ThreadPoolExecutor(pool_size, thread_name_prefix="halo-batch") as pool:
+                    list(pool.map(run, range(len(items))))
+            finally:
+                for con in cursors:
+                    con.close()
+                self._batch_stats = []
+        batch = BatchResult(results, runtime.counters, shared.computed, shared.reused)
+        batch.seconds = time.perf_counter() - began
+        self.last_stats = batch.total_stats()
+        return batch
+
+    def explain_batch(self, queries: str | Sequence[str | tuple[str, Params]], params: Any = None) -> str:
+        """The consolidated plan of a batch: shared sub-plans and merged LLM operators."""
+        items = _batch_items(self, queries, params)
+        plans = []
+        with self._lock:
+            for sql, values in items:
+                statements = split_statements(sql)
+                plans.append(self._plan(statements[0], statements[0].text, values))
+        return explain_consolidated(plans)
 
     def _run_own(self, statement: OwnStatement) -> pa.Table | None:
         if isinstance(statement, CreateModel):
@@ -347,6 +477,89 @@ class Session:
                 relation.fetchall()
         except duckdb.Error as exc:
             raise duckdb_error(exc) from None
+
+
+@dataclass
+class BatchProgress:
+    total: int
+    done: int = 0
+    llm_requests: int = 0
+
+
+@dataclass
+class BatchResult:
+    """Results of a batch in input order, plus what the batch runtime did."""
+
+    results: list[Result]
+    counters: Any
+    subplans_computed: int = 0
+    subplans_reused: int = 0
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> Result:
+        return self.results[index]
+
+    @property
+    def tables(self) -> list[pa.Table | None]:
+        return [r.table for r in self.results]
+
+    @property
+    def errors(self) -> list[tuple[int, HaloError]]:
+        return [(i, r.error) for i, r in enumerate(self.results) if r.error is not None]
+
+    def total_stats(self) -> StatementStats:
+        total = StatementStats()
+        for result in self.results:
+            total.merge(result.stats)
+            total.rows_out += result.stats.rows_out
+        total.backend_calls = self.counters.backend_calls
+        total.seconds = self.seconds
+        return total
+
+    def stats(self) -> dict[str, Any]:
+        """Totals over the batch, with the batch runtime's own counters."""
+        out = self.total_stats().as_dict()
+        out.update(
+            queries=len(self.results),
+            failed_queries=len(self.errors),
+            flushes=self.counters.flushes,
+            largest_flush=self.counters.largest_flush,
+            shared_requests=self.counters.shared_requests,
+            subplans_computed=self.subplans_computed,
+            subplans_reused=self.subplans_reused,
+        )
+        return out
+
+
+def _batch_items(session: Session, queries: Any, params: Any) -> list[tuple[str, Params]]:
+    if isinstance(queries, str):
+        if params is None:
+            return [(queries, None)]
+        return [(queries, row) for row in _param_rows(session, params)]
+    items: list[tuple[str, Params]] = []
+    for item in queries:
+        if isinstance(item, str):
+            items.append((item, None))
+        else:
+            sql, values = item
+            items.append((sql, values))
+    return items
+
+
+def _param_rows(session: Session, params: Any) -> list[Params]:
+    if isinstance(params, str):  # a query whose rows are the parameters
+        table = session.execute(params).table
+        if table is None:
+            raise ProgrammingError("the parameter query returned no rows")
+        return list(table.to_pylist())
+    if isinstance(params, pa.Table):
+        return list(params.to_pylist())
+    if hasattr(params, "to_dict") and hasattr(params, "columns"):  # pandas
+        return list(params.to_dict(orient="records"))
+    return list(params)
 
 
 def _bind_params(ast: exp.Expression, params: Params) -> exp.Expression:

@@ -8,7 +8,8 @@ Every operator yields at least one batch (possibly empty) so schemas flow to the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import singledispatch
 
@@ -23,12 +24,51 @@ from halo_sql.executor.runtime import LLMRuntime, StatementStats
 from halo_sql.physical import operators as po
 
 
+class SubplanCache:
+    """Results of sub-plans shared by several queries of a batch, computed once.
+
+    Plans are immutable values, so equal sub-plans (the same CTE over the same tables in many
+    queries) are the same key; a second query asking while the first computes waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._done: dict[po.PhysicalOp, pa.Table] = {}
+        self._running: dict[po.PhysicalOp, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.computed = 0
+        self.reused = 0
+
+    def get(self, op: po.PhysicalOp, compute: Callable[[], pa.Table]) -> pa.Table:
+        while True:
+            with self._lock:
+                if op in self._done:
+                    self.reused += 1
+                    return self._done[op]
+                event = self._running.get(op)
+                if event is None:
+                    event = self._running[op] = threading.Event()
+                    break
+            event.wait()
+        try:
+            table = compute()
+            with self._lock:
+                self._done[op] = table
+                self.computed += 1
+            return table
+        finally:
+            with self._lock:
+                self._running.pop(op, None)
+            event.set()
+
+
 @dataclass
 class ExecutionContext:
     connection: duckdb.DuckDBPyConnection
     runtime: LLMRuntime
     stats: StatementStats
     materialized: dict[str, pa.Table] = field(default_factory=dict)
+    shared: SubplanCache | None = None
+    """Across the queries of a batch: each distinct sub-plan runs once (keyed by plan value)."""
     _scratch: duckdb.DuckDBPyConnection | None = None
 
     @property
@@ -69,7 +109,10 @@ def stream(op: po.PhysicalOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]
 def _(op: po.DuckDBSubplan, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
     for named in op.inputs:
         if named.name not in ctx.materialized:
-            ctx.materialized[named.name] = materialize(named.op, ctx)
+            if ctx.shared is not None:
+                ctx.materialized[named.name] = ctx.shared.get(named.op, lambda op=named.op: materialize(op, ctx))
+            else:
+                ctx.materialized[named.name] = materialize(named.op, ctx)
     con = ctx.connection
     registered: list[str] = []
     functions: list[str] = []

@@ -40,12 +40,20 @@ class Connection:
 
     def register(self, name: str, data: Any) -> Connection:
         """Expose a pyarrow Table/RecordBatchReader or pandas/polars DataFrame as a view."""
-        self.session.connection.register(name, data)
+        self.session.register(name, data)
         return self
 
     def unregister(self, name: str) -> Connection:
-        self.session.connection.unregister(name)
+        self.session.unregister(name)
         return self
+
+    def execute_batch(self, queries: Any, params: Any = None, **options: Any) -> Any:
+        """Run many queries as one optimized workload (see `Session.execute_batch`)."""
+        return self.session.execute_batch(queries, params, **options)
+
+    def explain_batch(self, queries: Any, params: Any = None) -> str:
+        """The consolidated plan of a batch: shared sub-plans and merged LLM operators."""
+        return self.session.explain_batch(queries, params)
 
     def stats(self) -> dict[str, Any]:
         """What the last statement cost: llm_requests, prompt/cached/output tokens, rows_out, ..."""

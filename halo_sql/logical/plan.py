@@ -187,3 +187,38 @@ def _explain(node: PlanNode, depth: int, lines: list[str]) -> None:
         lines.append(f"{pad}{type(node).__name__}")
     for child in node.children:
         _explain(child, depth + 1, lines)
+
+
+def explain_consolidated(plans: list[StatementPlan]) -> str:
+    """Deterministic text of a batch's consolidated DAG.
+
+    Equal sub-plans (plain values) are one node serving several queries; LLM operators with the
+    same call are one merged operator whose rows come from every query that uses it.
+    """
+    uses: dict[PlanNode, set[int]] = {}
+    calls: dict[tuple[str, str], set[int]] = {}
+    for index, statement in enumerate(plans):
+        for node in statement.root.walk():
+            uses.setdefault(node, set()).add(index)
+            if isinstance(node, LLMFilter | LLMMap):
+                calls.setdefault((type(node).__name__, node.call.describe()), set()).add(index)
+            if isinstance(node, DuckDBQuery):
+                for udf in node.udfs:
+                    calls.setdefault(("udf", udf.call.describe()), set()).add(index)
+    distinct_roots = {statement.root for statement in plans}
+    lines = [
+        f"batch: {len(plans)} queries, {len(distinct_roots)} distinct plans, "
+        f"{len(uses)} distinct plan nodes",
+    ]
+    shared = sorted(
+        ((len(q), explain(n).splitlines()[0].strip()) for n, q in uses.items()
+         if len(q) > 1 and isinstance(n, DuckDBQuery) and n not in distinct_roots),
+        key=lambda item: (-item[0], item[1]),
+    )
+    if shared:
+        lines.append("shared sub-plans (run once):")
+        lines.extend(f"  serves {count} queries: {text}" for count, text in shared)
+    lines.append("LLM operators (merged across queries: one request stream per model):")
+    for (kind, text), queries in sorted(calls.items(), key=lambda item: (-len(item[1]), item[0])):
+        lines.append(f"  {kind} serves {len(queries)} queries: {text}")
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""The batch runtime: many queries, one stream of model work.
+
+Queries of a batch run on a pool of worker threads (each with its own DuckDB cursor). Their LLM
+operators do not call the backend themselves: `BatchingRuntime` collects the requests of every
+query that reaches an LLM step, and sends them as one batch when every running query is waiting
+for answers (or a short timeout passes, or the batch is full). So the backend sees one large,
+prompt-ordered batch per step of the workflow across all queries: a shared instruction prefix is
+prefilled once, identical requests of different queries are sent once, and queries at different
+steps are served together. Equal sub-plans of different queries run once (`SubplanCache`).
+
+Answers are identical to running the queries one by one: each request's answer depends only on
+the request, under greedy decoding.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from halo_sql.errors import ModelError, QueryCancelled
+from halo_sql.executor.runtime import LLMRuntime, StatementStats
+from halo_sql.llm.base import LLMRequest, LLMResponse
+
+Key = tuple[Any, ...]
+
+
+@dataclass
+class _Pending:
+    request: LLMRequest
+    model: str
+    owner: StatementStats
+    """The query whose operator asked first: its stats pay for the request."""
+
+
+@dataclass
+class BatchCounters:
+    """What the batch runtime did, beyond the per-query statistics."""
+
+    flushes: int = 0
+    backend_calls: int = 0
+    requests_sent: int = 0
+    shared_requests: int = 0
+    """Requests answered by an identical request of another query of the batch."""
+    largest_flush: int = 0
+    flush_sizes: list[int] = field(default_factory=list)
+
+
+class BatchingRuntime(LLMRuntime):
+    """An LLMRuntime that coalesces the requests of concurrently running queries."""
+
+    def __init__(self, base: LLMRuntime, *, flush_after: float = 0.02, max_flush: int = 4096) -> None:
+        super().__init__(base.backend, max_batch=base.max_batch)
+        self._base = base
+        self.flush_after = flush_after
+        """Seconds a waiting query gives others to reach their LLM step before it sends anyway."""
+        self.max_flush = max_flush
+        self.counters = BatchCounters()
+        self._cond = threading.Condition()
+        self._pending: dict[Key, _Pending] = {}
+        self._answers: dict[Key, LLMResponse] = {}
+        self._errors: dict[Key, BaseException] = {}
+        self._active = 0
+        self._waiting = 0
+        self._flushing = False
+
+    # -- worker bookkeeping ------------------------------------------------------------------------
+    def worker_started(self) -> None:
+        with self._cond:
+            self._active += 1
+
+    def worker_finished(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify_all()  # the others may now all be waiting: time to flush
+
+    # -- the runtime protocol ----------------------------------------------------------------------
+    def generate(
+        self, model: str, requests: Sequence[LLMRequest], stats: StatementStats
+    ) -> list[LLMResponse]:
+        if stats.cancel.is_set():
+            raise QueryCancelled("statement cancelled")
+        keys = [(model, *r.dedup_key) for r in requests]
+        with self._cond:
+            for key, request in zip(keys, requests, strict=True):
+                if key in stats.memo:
+                    stats.deduplicated_requests += 1
+                elif key in self._answers or key in self._pending:
+                    stats.deduplicated_requests += 1
+                    self.counters.shared_requests += 1
+                else:
+                    self._pending[key] = _Pending(request, model, stats)
+            missing = [k for k in keys if k not in stats.memo and k not in self._answers]
+            self._waiting += 1
+            try:
+                waited_since = time.perf_counter()
+                while any(k not in self._answers and k not in self._errors for k in missing):
+                    if stats.cancel.is_set():
+                        raise QueryCancelled("statement cancelled; answers received so far are kept")
+                    everyone_waits = self._waiting >= self._active
+                    overdue = time.perf_counter() - waited_since >= self.flush_after
+                    full = len(self._pending) >= self.max_flush
+                    if self._pending and not self._flushing and (everyone_waits or overdue or full):
+                        self._flush_locked()
+                        waited_since = time.perf_counter()
+                    else:
+                        self._cond.wait(timeout=self.flush_after)
+            finally:
+                self._waiting -= 1
+            for key in missing:
+                if key in self._errors:
+                    raise self._errors[key]
+            out = []
+            for key in keys:
+                response = stats.memo.get(key) or self._answers[key]
+                stats.memo[key] = response
+                out.append(response)
+            return out
+
+    def _flush_locked(self) -> None:
+        """Send everything pending (called with the condition held; releases it while sending)."""
+        batch = sorted(self._pending.items(), key=lambda item: (item[1].model, item[1].request.prompt))
+        self._pending.clear()
+        self._flushing = True
+        self.counters.flushes += 1
+        self.counters.flush_sizes.append(len(batch))
+        self.counters.largest_flush = max(self.counters.largest_flush, len(batch))
+        self._cond.release()
+        results: dict[Key, LLMResponse] = {}
+        errors: dict[Key, BaseException] = {}
+        try:
+            by_model: dict[str, list[tuple[Key, _Pending]]] = {}
+            for key, pending in batch:
+                by_model.setdefault(pending.model, []).append((key, pending))
+            for model, items in by_model.items():
+                for start in range(0, len(items), self.max_batch):
+                    chunk = items[start : start + self.max_batch]
+                    try:
+                        responses = self._send(model, [p.request for _, p in chunk])
+                    except BaseException as exc:  # every waiting query gets the failure, none hangs
+                        for key, _ in chunk:
+                            errors[key] = exc
+                        continue
+                    for (key, pending), response in zip(chunk, responses, strict=True):
+                        results[key] = response
+                        owner = pending.owner
+                        owner.llm_requests += 1
+                        owner.prompt_tokens += response.prompt_tokens
+                        owner.cached_prompt_tokens += response.cached_prompt_tokens
+                        owner.output_tokens += response.output_tokens
+                        owner.failed_requests += response.error is not None
+        finally:
+            self._cond.acquire()
+            self._answers.update(results)
+            self._errors.update(errors)
+            self._flushing = False
+            self._cond.notify_all()
+
+    def _send(self, model: str, requests: list[LLMRequest]) -> list[LLMResponse]:
+        backend = self.backend(model)
+        with self._base._lock_for(model):
+            try:
+                responses = backend.generate(requests)
+            except ModelError:
+                raise
+            except Exception as exc:
+                raise ModelError(f"model {model!r} failed on a batch of {len(requests)}: {exc}") from exc
+        self.counters.backend_calls += 1
+        self.counters.requests_sent += len(requests)
+        return responses
