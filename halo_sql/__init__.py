@@ -26,6 +26,7 @@ from halo_sql.errors import (
     Warning,
 )
 from halo_sql.frontends.dbapi import Connection, connect
+from halo_sql.frontends.server import serve
 from halo_sql.session import Result, Session
 
 __version__ = "0.1.0"
@@ -34,5 +35,5 @@ __all__ = [
     "BinderError", "Connection", "DataError", "DatabaseError", "Error", "HaloError",
     "IntegrityError", "InterfaceError", "InternalError", "ModelError", "NotSupportedError",
     "OperationalError", "ParseError", "ProgrammingError", "QueryCancelled", "Result", "Session",
-    "Warning", "connect",
+    "Warning", "connect", "serve",
 ]

@@ -41,13 +41,13 @@ def vllm_backend(tiny_model_dir: Path) -> Iterator[VLLMBackend]:
         import vllm  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"vLLM is not importable here ({exc}); install halo-sql[cpu] to run this test")
-    from halo_sql.llm.vllm_backend import VLLMBackend
+    from halo_sql.llm.registry import ModelSpec, backend_for, shutdown_all
 
-    backend = VLLMBackend(
-        str(tiny_model_dir), max_model_len=4096, dtype="float32", seed=0, block_size=32
-    )
-    yield backend
-    backend.close()
+    # Through the process-wide registry: `halo_sql.connect(model=str(tiny_model_dir))` in any
+    # test then reuses this very engine instead of starting a second one.
+    backend = backend_for(ModelSpec("tiny", "vllm", str(tiny_model_dir)))
+    yield backend  # type: ignore[misc]
+    shutdown_all()
 
 
 # ---------------------------------------------------------------------------------------------
