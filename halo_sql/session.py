@@ -27,10 +27,10 @@ from halo_sql.errors import BinderError, HaloError, ParseError, ProgrammingError
 from halo_sql.executor.duckdb_bridge import duckdb_error
 from halo_sql.executor.batch import BatchingRuntime
 from halo_sql.executor.engine import ExecutionContext, SubplanCache, execute
-from halo_sql.executor.runtime import LLMRuntime, StatementStats
+from halo_sql.executor.runtime import LLMRuntime, ResponseMemo, StatementStats
 from halo_sql.llm.base import Backend
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
-from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder
+from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
 from halo_sql.logical.functions import LLM_FUNCTION_NAMES
 from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain, explain_consolidated
 from halo_sql.optimizer import optimize
@@ -95,12 +95,17 @@ class Session:
         self.models: dict[str, ModelSpec] = {}
         self.default_model: str | None = None
         self.settings = settings or PhysicalSettings()
+        self.planner_options = PlannerOptions()
+        """Planner switches (e.g. `lift_llm_calls=False` runs every LLM call as a DuckDB
+        function; equivalence tests compare both)."""
         self.runtime = LLMRuntime(self.backend)
         self.last_stats = StatementStats()
         self.last_plan: StatementPlan | None = None
         self._current: StatementStats | None = None
         self._batch_stats: list[StatementStats] = []
         self.registrations: dict[str, Any] = {}
+        self.memo_capacity = 50_000
+        """Distinct answers a statement remembers for deduplication (bounds its memory)."""
         self._lock = threading.RLock()
         self._load_models()
         self._set_default_model(model, backend, dict(model_options or {}))
@@ -218,7 +223,7 @@ class Session:
         params: Params,
         progress: Callable[[StatementStats], None] | None,
     ) -> Result:
-        stats = StatementStats(progress=progress)
+        stats = StatementStats(progress=progress, memo=ResponseMemo(self.memo_capacity))
         self._current = stats
         began = time.perf_counter()
         table: pa.Table | None = None
@@ -263,8 +268,9 @@ class Session:
             check_sql=self._check_sql,
             resolve_model=self.resolve_model,
             default_model=self.default_model,
+            output_names=self._output_names,
         )
-        plan = PlanBuilder(catalog).build(ast, text)
+        plan = PlanBuilder(catalog, self.planner_options).build(ast, text)
         return optimize(plan)
 
     def _run_plan(
@@ -324,7 +330,9 @@ class Session:
         """
         items = _batch_items(self, queries, params)
         began = time.perf_counter()
-        results: list[Result] = [Result(None, StatementStats(), sql) for sql, _ in items]
+        results: list[Result] = [
+            Result(None, StatementStats(memo=ResponseMemo(self.memo_capacity)), sql) for sql, _ in items
+        ]
         plans: list[StatementPlan | None] = []
         with self._lock:
             for index, (sql, values) in enumerate(items):
@@ -463,12 +471,23 @@ class Session:
 
     # -- catalog callbacks for the binder ---------------------------------------------------------
     def _table_columns(self, table: exp.Table) -> dict[str, str] | None:
-        name = exp.table_(table.this, db=table.args.get("db"), catalog=table.args.get("catalog")).sql(DIALECT)
+        if isinstance(table.this, exp.Identifier):
+            name = exp.table_(table.this, db=table.args.get("db"), catalog=table.args.get("catalog")).sql(DIALECT)
+        else:  # a table function such as range(3)
+            bare = table.copy()
+            bare.set("alias", None)
+            name = bare.sql(DIALECT)
         try:
             rows = self.connection.sql(f"DESCRIBE SELECT * FROM {name}").fetchall()
         except duckdb.Error:
             return None
         return {str(row[0]).lower(): str(row[1]) for row in rows}
+
+    def _output_names(self, sql: str) -> list[str]:
+        try:
+            return [str(row[0]) for row in self.connection.sql(f"DESCRIBE {sql}").fetchall()]
+        except duckdb.Error as exc:
+            raise duckdb_error(exc) from None
 
     def _check_sql(self, sql: str) -> None:
         try:
@@ -574,8 +593,9 @@ def _bind_params(ast: exp.Expression, params: Params) -> exp.Expression:
             node.replace(exp.convert(params[key]))
         return ast
     values = list(params or [])
-    positional = [n for n in placeholders if not (n.name or n.this)]
-    numbered = [n for n in placeholders if n not in positional]
+    # `?` has no `this` (its `name` is "?"); `$1` has this == "1".
+    positional = [n for n in placeholders if not n.this]
+    numbered = [n for n in placeholders if n.this]
     if positional and len(positional) != len(values):
         raise ProgrammingError(
             f"statement has {len(positional)} parameter(s) but {len(values)} value(s) were given"
@@ -583,7 +603,9 @@ def _bind_params(ast: exp.Expression, params: Params) -> exp.Expression:
     for node, value in zip(positional, values, strict=False):
         node.replace(exp.convert(value))
     for node in numbered:
-        index = int(str(node.name or node.this)) - 1
+        if not str(node.this).isdigit():
+            raise ProgrammingError(f"parameter ${node.this} needs a mapping of names to values")
+        index = int(str(node.this)) - 1
         if not 0 <= index < len(values):
             raise ProgrammingError(f"no value for parameter ${index + 1}")
         node.replace(exp.convert(values[index]))

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from halo_sql.errors import ModelError, QueryCancelled
-from halo_sql.executor.runtime import LLMRuntime, StatementStats
+from halo_sql.executor.runtime import LLMRuntime, StatementStats, request_key
 from halo_sql.llm.base import LLMRequest, LLMResponse
 
-Key = tuple[Any, ...]
+Key = bytes
 
 
 @dataclass
@@ -82,17 +82,21 @@ class BatchingRuntime(LLMRuntime):
     ) -> list[LLMResponse]:
         if stats.cancel.is_set():
             raise QueryCancelled("statement cancelled")
-        keys = [(model, *r.dedup_key) for r in requests]
+        keys = [request_key(model, r) for r in requests]
+        local: dict[Key, LLMResponse] = {}
         with self._cond:
             for key, request in zip(keys, requests, strict=True):
-                if key in stats.memo:
+                known = stats.memo.get(key)
+                if known is not None or key in local:
                     stats.deduplicated_requests += 1
+                    if known is not None:
+                        local[key] = known
                 elif key in self._answers or key in self._pending:
                     stats.deduplicated_requests += 1
                     self.counters.shared_requests += 1
                 else:
                     self._pending[key] = _Pending(request, model, stats)
-            missing = [k for k in keys if k not in stats.memo and k not in self._answers]
+            missing = [k for k in keys if k not in local and k not in self._answers]
             self._waiting += 1
             try:
                 waited_since = time.perf_counter()
@@ -114,8 +118,8 @@ class BatchingRuntime(LLMRuntime):
                     raise self._errors[key]
             out = []
             for key in keys:
-                response = stats.memo.get(key) or self._answers[key]
-                stats.memo[key] = response
+                response = local.get(key) or self._answers[key]
+                stats.memo.put(key, response)
                 out.append(response)
             return out
 

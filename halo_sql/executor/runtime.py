@@ -15,14 +15,51 @@ the backend's prefix cache. Every call is accounted in the statement's `Statemen
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from halo_sql.errors import ModelError, QueryCancelled
 from halo_sql.llm.base import Backend, LLMRequest, LLMResponse
+
+
+def request_key(model: str, request: LLMRequest) -> bytes:
+    """A 16-byte digest naming a request: equal digests get equal answers (greedy decoding)."""
+    prompt, output, params = request.dedup_key
+    text = repr((model, prompt, output.kind.value, output.labels, output.json_schema,
+                 params.max_tokens, params.temperature, params.seed))
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+class ResponseMemo:
+    """Answers already received in a statement, for deduplication; least recently used entries
+    are dropped past `capacity`, so memory stays flat however many rows a statement has."""
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[bytes, LLMResponse] = OrderedDict()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> LLMResponse | None:
+        response = self._entries.get(key)
+        if response is not None:
+            self._entries.move_to_end(key)
+        return response
+
+    def put(self, key: bytes, response: LLMResponse) -> None:
+        self._entries[key] = response
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
 
 
 @dataclass
@@ -44,7 +81,7 @@ class StatementStats:
     rows_out: int = 0
     seconds: float = 0.0
     llm_seconds: float = 0.0
-    memo: dict[tuple[Any, ...], LLMResponse] = field(default_factory=dict, repr=False)
+    memo: ResponseMemo = field(default_factory=ResponseMemo, repr=False)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     progress: Callable[[StatementStats], None] | None = field(default=None, repr=False)
 
@@ -80,11 +117,15 @@ class LLMRuntime:
         """Answers for `requests` in order; each distinct request is sent at most once per statement."""
         if stats.cancel.is_set():
             raise QueryCancelled("statement cancelled")
-        keys = [(model, *r.dedup_key) for r in requests]
-        fresh: dict[tuple[Any, ...], LLMRequest] = {}
+        keys = [request_key(model, r) for r in requests]
+        answers: dict[bytes, LLMResponse] = {}
+        fresh: dict[bytes, LLMRequest] = {}
         for key, request in zip(keys, requests, strict=True):
-            if key in stats.memo or key in fresh:
+            known = stats.memo.get(key)
+            if known is not None or key in fresh or key in answers:
                 stats.deduplicated_requests += 1
+                if known is not None:
+                    answers[key] = known
             else:
                 fresh[key] = request
         # Prompt order puts prompts sharing a prefix next to each other (a DFS of their trie).
@@ -106,7 +147,8 @@ class LLMRuntime:
             stats.llm_seconds += time.perf_counter() - began
             stats.backend_calls += 1
             for (key, _), response in zip(chunk, responses, strict=True):
-                stats.memo[key] = response
+                stats.memo.put(key, response)
+                answers[key] = response
                 stats.llm_requests += 1
                 stats.prompt_tokens += response.prompt_tokens
                 stats.cached_prompt_tokens += response.cached_prompt_tokens
@@ -115,7 +157,7 @@ class LLMRuntime:
                     stats.failed_requests += 1
             if stats.progress is not None:
                 stats.progress(stats)
-        return [stats.memo[key] for key in keys]
+        return [answers[key] for key in keys]
 
     def _lock_for(self, model: str) -> threading.Lock:
         with self._locks_guard:
