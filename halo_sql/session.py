@@ -7,6 +7,7 @@ rewrite it, chooses physical operators and runs them, recording what the stateme
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,18 +24,31 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError as SqlglotParseError
 
-from halo_sql.errors import BinderError, HaloError, ParseError, ProgrammingError, SourceLocation
-from halo_sql.executor.duckdb_bridge import duckdb_error
+from halo_sql.agents.binder import AGENT_NAMES
+from halo_sql.agents.catalog import AgentCatalog
+from halo_sql.errors import (
+    BinderError,
+    HaloError,
+    InternalError,
+    ParseError,
+    ProgrammingError,
+    SourceLocation,
+)
 from halo_sql.executor.batch import BatchingRuntime
+from halo_sql.executor.duckdb_bridge import duckdb_error
 from halo_sql.executor.engine import ExecutionContext, SubplanCache, execute
 from halo_sql.executor.runtime import LLMRuntime, ResponseMemo, StatementStats
 from halo_sql.llm.base import Backend
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
 from halo_sql.logical.functions import LLM_FUNCTION_NAMES
-from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain, explain_consolidated
-from halo_sql.optimizer import optimize
+from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain_consolidated
+from halo_sql.optimizer import OptimizerSettings, for_batch, optimize
+from halo_sql.optimizer.explain import explain_json, explain_text
+from halo_sql.optimizer.session_context import SessionContext
+from halo_sql.optimizer.settings import apply_setting, is_optimizer_setting
 from halo_sql.parser.statements import (
+    AgentStatement,
     CreateModel,
     DropModel,
     OwnStatement,
@@ -49,7 +63,9 @@ from halo_sql.physical.planner import PhysicalSettings, physical_plan
 
 Params = Sequence[Any] | Mapping[str, Any] | None
 
-_LLM_NAME = re.compile(r"\b(" + "|".join(sorted(LLM_FUNCTION_NAMES)) + r")\s*\(", re.I)
+_LLM_NAME = re.compile(
+    r"\b(" + "|".join(sorted(LLM_FUNCTION_NAMES | AGENT_NAMES)) + r")\s*\(", re.I
+)
 _MODELS_TABLE = "halo_catalog.models"
 
 
@@ -98,6 +114,8 @@ class Session:
         self.planner_options = PlannerOptions()
         """Planner switches (e.g. `lift_llm_calls=False` runs every LLM call as a DuckDB
         function; equivalence tests compare both)."""
+        self.optimizer_settings = OptimizerSettings()
+        """SET disable_rules / enable_rules / optimizer_sample_rows (halo_sql.optimizer.settings)."""
         self.runtime = LLMRuntime(self.backend)
         self.last_stats = StatementStats()
         self.last_plan: StatementPlan | None = None
@@ -108,6 +126,8 @@ class Session:
         """Distinct answers a statement remembers for deduplication (bounds its memory)."""
         self._lock = threading.RLock()
         self._load_models()
+        self.agents = AgentCatalog(self.connection, database)
+        """Agents and tools (CREATE AGENT / CREATE TOOL), persisted with the database."""
         self._set_default_model(model, backend, dict(model_options or {}))
 
     # -- models ----------------------------------------------------------------------------------
@@ -122,6 +142,9 @@ class Session:
         if backend:
             self.models["default"] = ModelSpec("default", backend, model, options)
             self.default_model = "default"
+        elif len(self.models) == 1:
+            # A database that stores exactly one model: that model is the obvious default.
+            self.default_model = next(iter(self.models))
 
     def backend(self, model: str) -> Backend:
         """The running backend for a model name (started on first use, shared in the process)."""
@@ -205,10 +228,8 @@ class Session:
             current.cancel.set()
         for stats in list(self._batch_stats):
             stats.cancel.set()
-        try:
+        with contextlib.suppress(duckdb.Error):
             self.connection.interrupt()
-        except duckdb.Error:
-            pass
 
     def plan(self, sql: str, params: Params = None) -> StatementPlan:
         """The optimized logical plan of one statement."""
@@ -228,7 +249,10 @@ class Session:
         began = time.perf_counter()
         table: pa.Table | None = None
         try:
-            if is_own_statement(statement.text):
+            if is_optimizer_setting(statement.text):  # SET disable_rules = '...' (optimizer)
+                changed = apply_setting(self.optimizer_settings, statement.text)
+                self.optimizer_settings = changed or self.optimizer_settings
+            elif is_own_statement(statement.text):
                 own = parse_own_statement(statement.text, line=statement.line, column=statement.column)
                 table = self._run_own(own)
             else:
@@ -236,11 +260,19 @@ class Session:
                 plan = self._plan(statement, inner, params)
                 self.last_plan = plan
                 if is_explain and not analyze:
-                    table = _plan_table(plan, fmt)
+                    table = _plan_table(plan, fmt, settings=self.settings)
                 else:
                     table = self._run_plan(plan, stats, params)
                     if is_explain:
-                        table = _plan_table(plan, fmt, stats)
+                        table = _plan_table(plan, fmt, stats, self.settings)
+        except HaloError:
+            raise
+        except duckdb.Error as exc:
+            raise duckdb_error(exc) from None
+        except Exception as exc:  # a bug of ours: still a HaloError, with the cause chained
+            raise InternalError(
+                f"internal error ({type(exc).__name__}: {exc}); please report it with the statement"
+            ) from exc
         finally:
             stats.seconds = time.perf_counter() - began
             stats.rows_out = table.num_rows if table is not None else 0
@@ -248,17 +280,28 @@ class Session:
             self._current = None
         return Result(table, stats, statement.text)
 
-    def _plan(self, statement: StatementText, text: str, params: Params) -> StatementPlan:
+    def _plan(
+        self, statement: StatementText, text: str, params: Params, *, batch: bool = False
+    ) -> StatementPlan:
         if not _LLM_NAME.search(text):
             return StatementPlan(DuckDBQuery(text))
         try:
             ast = sqlglot.parse_one(text, read=DIALECT)
         except SqlglotParseError as exc:
             detail = exc.errors[0] if exc.errors else {}
-            line = int(detail.get("line", 1)) + statement.line - 1
-            col = int(detail.get("col", 1))
+            near = str(detail.get("highlight") or "")
+            # sqlglot gives the line within the statement and the token's last column.
+            line = int(detail.get("line", 1))
+            col = max(1, int(detail.get("col", 1)) - len(near) + 1)
+            if line == 1:
+                col += statement.column - 1
             message = str(detail.get("description", exc)).strip()
-            raise ParseError(f"SQL syntax error: {message}", location=SourceLocation(line, col)) from None
+            if near:
+                message = f"near {near!r}: {message}"
+            raise ParseError(
+                f"SQL syntax error {message}" if near else f"SQL syntax error: {message}",
+                location=SourceLocation(line + statement.line - 1, col),
+            ) from None
         if ast is None:
             raise ProgrammingError("empty statement: nothing to run")
         if params:
@@ -269,9 +312,13 @@ class Session:
             resolve_model=self.resolve_model,
             default_model=self.default_model,
             output_names=self._output_names,
+            agents=self.agents,
         )
         plan = PlanBuilder(catalog, self.planner_options).build(ast, text)
-        return optimize(plan)
+        # The optimizer samples LLM predicates through the running statement's memo (_current);
+        # in a batch it keeps sub-plans shareable across queries (optimizer.for_batch).
+        settings = for_batch(self.optimizer_settings) if batch else self.optimizer_settings
+        return optimize(plan, SessionContext(self, self._current), settings)
 
     def _run_plan(
         self,
@@ -340,7 +387,7 @@ class Session:
                     statements = split_statements(sql)
                     if len(statements) != 1:
                         raise ProgrammingError(f"a batch item must be one statement, got {len(statements)}")
-                    plans.append(self._plan(statements[0], statements[0].text, values))
+                    plans.append(self._plan(statements[0], statements[0].text, values, batch=True))
                 except HaloError as exc:
                     results[index].error = exc
                     plans.append(None)
@@ -412,10 +459,12 @@ class Session:
         with self._lock:
             for sql, values in items:
                 statements = split_statements(sql)
-                plans.append(self._plan(statements[0], statements[0].text, values))
+                plans.append(self._plan(statements[0], statements[0].text, values, batch=True))
         return explain_consolidated(plans)
 
     def _run_own(self, statement: OwnStatement) -> pa.Table | None:
+        if isinstance(statement, AgentStatement):
+            return self.agents.execute(statement, resolve_model=self.resolve_model)
         if isinstance(statement, CreateModel):
             if statement.backend not in BACKENDS:
                 raise BinderError(
@@ -581,7 +630,7 @@ def _param_rows(session: Session, params: Any) -> list[Params]:
     return list(params)
 
 
-def _bind_params(ast: exp.Expression, params: Params) -> exp.Expression:
+def _bind_params(ast: exp.Expr, params: Params) -> exp.Expr:
     """Substitute parameter values as literals (they may sit inside LLM templates)."""
     ast = ast.copy()
     placeholders = [n for n in ast.walk() if isinstance(n, exp.Placeholder | exp.Parameter)]
@@ -612,22 +661,37 @@ def _bind_params(ast: exp.Expression, params: Params) -> exp.Expression:
     return ast
 
 
-def _plan_table(plan: StatementPlan, fmt: str | None, stats: StatementStats | None = None) -> pa.Table:
-    if fmt == "json":
-        payload: dict[str, Any] = {"plan": explain(plan).splitlines()}
-        if stats is not None:
-            payload["actual"] = stats.as_dict()
-        return pa.table({"plan": [json.dumps(payload, indent=2)]})
-    text = explain(plan)
+def _plan_table(
+    plan: StatementPlan,
+    fmt: str | None,
+    stats: StatementStats | None = None,
+    settings: PhysicalSettings | None = None,
+) -> pa.Table:
+    """EXPLAIN [ANALYZE] [(FORMAT JSON)]: the plan with the optimizer's estimates per operator
+    and, after a run, each operator's measured counters (halo_sql.optimizer.explain)."""
+    actual = None
     if stats is not None:
-        actual = stats.as_dict()
-        text += "\nactual: " + ", ".join(
-            f"{k}={actual[k]}" for k in (
-                "llm_requests", "prompt_tokens", "cached_prompt_tokens", "output_tokens",
-                "deduplicated_requests", "invalid_answers",
-            )
-        )
-    return pa.table({"plan": [text]})
+        ops = _physical_ops(plan.root, settings)
+
+        def actual(node: Any) -> Any:
+            op = ops.get(id(node))
+            return stats.operators.get(op) if op is not None else None
+
+    render = explain_json if fmt == "json" else explain_text
+    return pa.table({"plan": [render(plan, actual, stats)]})
+
+
+def _physical_ops(root: Any, settings: PhysicalSettings | None) -> dict[int, Any]:
+    """id(logical node) -> the physical operator that ran it (the trees have the same shape)."""
+    out: dict[int, Any] = {}
+
+    def walk(node: Any, op: Any) -> None:
+        out.setdefault(id(node), op)
+        for child, child_op in zip(node.children, op.children, strict=False):
+            walk(child, child_op)
+
+    walk(root, physical_plan(root, settings))
+    return out
 
 
 def _silence_duckdb_copy_warning() -> None:

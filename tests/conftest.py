@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from halo_sql.frontends.dbapi import Connection
     from halo_sql.llm.vllm_backend import VLLMBackend
 
 # ---------------------------------------------------------------------------------------------
@@ -51,3 +52,78 @@ def vllm_backend(tiny_model_dir: Path) -> Iterator[VLLMBackend]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Engine specification tests (test_templates, test_statements, test_plans, test_engine,
+# test_errors, test_sim_backend, test_equivalence): golden-file updates, a small hand-made shop
+# database, and TPC-H at scale 0.01. All on the deterministic sim backend.
+# ---------------------------------------------------------------------------------------------
+
+SHOP_SQL = """
+CREATE TABLE products (id INTEGER, name VARCHAR, category VARCHAR);
+INSERT INTO products VALUES
+    (1, 'kettle', 'kitchen'), (2, 'toaster', 'kitchen'), (3, 'lamp', 'home'), (4, 'chair', 'home');
+CREATE TABLE reviews (id INTEGER, product_id INTEGER, stars INTEGER, text VARCHAR);
+INSERT INTO reviews VALUES
+    (1, 1, 1, 'Arrived two weeks late and the box was crushed.'),
+    (2, 1, 5, 'Boils water fast. Love it.'),
+    (3, 2, 2, 'Burns one side of the bread.'),
+    (4, 2, 4, 'Good value for the price.'),
+    (5, 3, 1, 'The courier left it in the rain; it never worked.'),
+    (6, 3, 3, NULL),
+    (7, 4, 5, 'Comfortable and sturdy.'),
+    (8, 4, 2, 'Arrived two weeks late and the box was crushed.');
+"""
+"""Eight reviews of four products: one review has no text (NULL), two share the same text."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-goldens",
+        action="store_true",
+        help="rewrite golden files (tests/golden/) from the current output; same as "
+        "HALO_UPDATE_GOLDENS=1",
+    )
+
+
+@pytest.fixture(scope="session")
+def update_goldens(request: pytest.FixtureRequest) -> bool:
+    """True when golden files should be rewritten instead of compared."""
+    flag = bool(request.config.getoption("--update-goldens"))
+    return flag or os.environ.get("HALO_UPDATE_GOLDENS", "") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def shop_sql() -> str:
+    """The script that creates the shop tables (for tests that need a second such database)."""
+    return SHOP_SQL
+
+
+@pytest.fixture
+def shop() -> Iterator[Connection]:
+    """A fresh in-memory connection on the sim backend with the `products`/`reviews` tables."""
+    import halo_sql
+
+    con = halo_sql.connect(backend="sim")
+    con.sql(SHOP_SQL)
+    yield con
+    con.close()
+
+
+@pytest.fixture(scope="session")
+def tpch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TPC-H at scale 0.01 as Parquet, generated once per session ($HALO_CACHE_DIR if set)."""
+    from halo_sql.datasets.tpch import generate_tpch
+
+    given = os.environ.get("HALO_CACHE_DIR")
+    return generate_tpch(0.01, given or tmp_path_factory.mktemp("tpch"))
+
+
+@pytest.fixture(scope="session")
+def tpch(tpch_dir: Path) -> Iterator[Connection]:
+    """One sim connection with TPC-H (scale 0.01) loaded, shared by the session: read only."""
+    import halo_sql
+    from halo_sql.datasets.tpch import load_tpch
+
+    con = halo_sql.connect(backend="sim")
+    load_tpch(con.session.connection, 0.01, tpch_dir.parent)
+    yield con
+    con.close()

@@ -17,7 +17,7 @@ import pytest
 from halo_sql.errors import ModelError
 from halo_sql.llm import vllm_compat
 from halo_sql.llm.base import DecodingParams, LLMRequest, OutputSpec
-from halo_sql.llm.vllm_backend import VLLMBackend
+from halo_sql.llm.vllm_backend import VLLMBackend, prompt_token_ids
 
 # ---- the version seam (no engine) ------------------------------------------------------------
 
@@ -72,6 +72,20 @@ def test_missing_vllm_gives_model_error_with_install_hint(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     with pytest.raises(ModelError, match=r"halo-sql\[cpu\]"):
         VLLMBackend("/nowhere")
+
+
+def test_chat_template_wraps_the_prompt_as_one_user_turn(tiny_model_dir: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
+    plain = prompt_token_ids(tokenizer, "Is it late?")
+    chat = prompt_token_ids(tokenizer, "Is it late?", chat_template=True)
+    assert plain == tokenizer.encode("Is it late?")
+    assert tokenizer.decode(chat) == "<s>[user] Is it late?\n[assistant] "
+    assert chat.count(tokenizer.bos_token_id) == 1
 
 
 # ---- model loading errors (caught before an engine starts) ------------------------------------

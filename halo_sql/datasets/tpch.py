@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -31,9 +32,10 @@ def generate_tpch(scale: float, cache_dir: str | Path | None = None) -> Path:
     out = root / f"tpch-sf{scale:g}"
     if all((out / f"{t}.parquet").is_file() for t in TABLES):
         return out
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
+    # A private directory per generating process: two processes filling the cache at once
+    # (parallel test runs, say) never write into each other's files.
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".partial-", dir=root))
     cli = shutil.which("tpchgen-cli") or str(Path(sys.executable).parent / "tpchgen-cli")
     if not Path(cli).exists():
         raise OperationalError("tpchgen-cli is not installed: pip install tpchgen-cli")
@@ -45,8 +47,14 @@ def generate_tpch(scale: float, cache_dir: str | Path | None = None) -> Path:
     )
     if done.returncode != 0:
         raise OperationalError(f"tpchgen-cli failed (scale {scale:g}): {done.stderr.strip()[-500:]}")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)  # atomic: a half-written directory is never mistaken for a cached one
+    if out.exists() and not all((out / f"{t}.parquet").is_file() for t in TABLES):
+        shutil.rmtree(out, ignore_errors=True)  # left over from an interrupted run
+    try:
+        tmp.rename(out)  # atomic: a half-written directory is never mistaken for a cached one
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: use its copy
+        if not all((out / f"{t}.parquet").is_file() for t in TABLES):
+            raise
     return out
 
 

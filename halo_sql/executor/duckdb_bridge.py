@@ -5,6 +5,7 @@ Kept in one module because DuckDB's Python API moves between versions (STYLE.md 
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +32,7 @@ from halo_sql.logical.plan import LLMUdf
 try:  # DuckDB >= 1.4 keeps its type constants here
     from duckdb import sqltypes as _types
 except ImportError:  # pragma: no cover - older DuckDB
-    from duckdb import typing as _types  # type: ignore[no-redef]
+    from duckdb import typing as _types  # type: ignore[no-redef,attr-defined]
 
 _ERROR_CLASSES: list[tuple[type[BaseException], type[HaloError]]] = [
     (duckdb.ParserException, ParseError),
@@ -113,7 +114,13 @@ def register_llm_udf(
             slots = list(arguments) if udf.arity else []
             return evaluate_rows(udf.call, slots, runtime, current(), rows=len(arguments[0]))
 
-    con.create_function(
+        # DuckDB checks the Python function's arity against `params`; `*arguments` counts as
+        # one, so spell out one positional parameter per argument.
+        function.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(len(params))]
+        )
+
+    con.create_function(  # type: ignore[call-overload]  # arrow UDFs: the stubs list numpy ones
         udf.name,
         function,
         params,

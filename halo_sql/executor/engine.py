@@ -7,11 +7,15 @@ Every operator yields at least one batch (possibly empty) so schemas flow to the
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from functools import singledispatch
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -69,6 +73,8 @@ class ExecutionContext:
     materialized: dict[str, pa.Table] = field(default_factory=dict)
     shared: SubplanCache | None = None
     """Across the queries of a batch: each distinct sub-plan runs once (keyed by plan value)."""
+    tool_cache: Any = None
+    """Agent tool calls of this statement (halo_sql.agents.tools.ToolCallCache, made on use)."""
     _scratch: duckdb.DuckDBPyConnection | None = None
 
     @property
@@ -110,7 +116,9 @@ def _(op: po.DuckDBSubplan, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
     for named in op.inputs:
         if named.name not in ctx.materialized:
             if ctx.shared is not None:
-                ctx.materialized[named.name] = ctx.shared.get(named.op, lambda op=named.op: materialize(op, ctx))
+                ctx.materialized[named.name] = ctx.shared.get(
+                    named.op, functools.partial(materialize, named.op, ctx)
+                )
             else:
                 ctx.materialized[named.name] = materialize(named.op, ctx)
     con = ctx.connection
@@ -148,15 +156,11 @@ def _(op: po.DuckDBSubplan, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
         if reader is not None:
             reader.close()
         for name in functions:
-            try:
+            with contextlib.suppress(duckdb.Error):
                 con.remove_function(name)
-            except duckdb.Error:
-                pass
         for name in registered:
-            try:
+            with contextlib.suppress(duckdb.Error):
                 con.unregister(name)
-            except duckdb.Error:
-                pass
 
 
 @stream.register
@@ -170,10 +174,9 @@ def _(op: po.LLMBatchFilter, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
         while offset < batch.num_rows:
             size = op.batch_rows
             if op.limit_hint is not None:
-                needed = op.limit_hint - passed
-                if needed <= 0:
-                    yield batch.slice(0, 0)
-                    return
+                # The consumer stops pulling once it has its rows. Past the hint (a later filter
+                # rejected some), keep going in chunks sized for the hint again: never stop here.
+                needed = op.limit_hint - passed if passed < op.limit_hint else op.limit_hint
                 # Ask for about as many rows as should pass, given the selectivity seen so far.
                 selectivity = max(passed / seen, 0.05) if seen else 0.5
                 size = min(op.batch_rows, max(8, math.ceil(needed / selectivity)))
@@ -230,4 +233,66 @@ def _(op: po.LimitOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
             remaining -= batch.num_rows
             yield batch
     finally:
-        child.close()  # stop upstream work (and close DuckDB readers) right away
+        if isinstance(child, Generator):
+            child.close()  # stop upstream work (and close DuckDB readers) right away
+
+
+@stream.register
+def _(op: po.AgentLoop, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+    from halo_sql.agents.loop import run_agent_loop
+
+    # Every step batches all running rows, so the whole input is read first. Reading it also
+    # closes any DuckDB result the input streams from: SQL tools use the same connection.
+    batches = [batch for batch in stream(op.child, ctx) if batch is not None]
+    yield from run_agent_loop(op, batches, ctx)
+
+
+# -- per-operator counters for EXPLAIN ANALYZE (issue 4) ------------------------------------------
+# Every stream is wrapped once, here at the end, so the operators above stay as they are: the
+# counters are inclusive (a consumer pulls its inputs while it runs); EXPLAIN subtracts inputs.
+
+
+@dataclass
+class OperatorCounters:
+    """What one physical operator did, including the work of its inputs."""
+
+    rows: int = 0
+    llm_requests: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+
+
+_operator_stream = stream
+
+
+def stream(op: po.PhysicalOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:  # type: ignore[no-redef]
+    return _counted(op, ctx, _operator_stream(op, ctx))
+
+
+def _counted(
+    op: po.PhysicalOp, ctx: ExecutionContext, inner: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    counters = ctx.stats.operators.setdefault(op, OperatorCounters())
+    stats = ctx.stats
+    try:
+        while True:
+            before = (stats.llm_requests, stats.prompt_tokens, stats.cached_prompt_tokens, stats.output_tokens)
+            began = time.perf_counter()
+            try:
+                batch = next(inner)
+            except StopIteration:
+                return
+            finally:
+                counters.seconds += time.perf_counter() - began
+                counters.llm_requests += stats.llm_requests - before[0]
+                counters.prompt_tokens += stats.prompt_tokens - before[1]
+                counters.cached_prompt_tokens += stats.cached_prompt_tokens - before[2]
+                counters.output_tokens += stats.output_tokens - before[3]
+            if batch is not None:
+                counters.rows += batch.num_rows
+            yield batch
+    finally:
+        if isinstance(inner, Generator):
+            inner.close()

@@ -134,7 +134,11 @@ def _reduce(
     budget: int,
     count_tokens: Any,
 ) -> list[str | None]:
-    current: list[list[str] | None] = [None if g is None else [i for i in g if i is not None] for g in lists]
+    # NULL items are skipped, as SQL aggregates skip them; a group with none left is NULL and
+    # costs no request.
+    current: list[list[str] | None] = [
+        [i for i in g if i is not None] or None if g is not None else None for g in lists
+    ]
     text = OutputSpec.text()
     params = DecodingParams(call.params.max_tokens, call.params.temperature, call.params.seed)
     for _ in range(32):  # each round shrinks every group that does not fit; 32 is far beyond need
@@ -147,12 +151,16 @@ def _reduce(
         requests = [LLMRequest(_items_prompt(call, chunk, False), text, params) for _, chunk in pending]
         responses = runtime.generate(call.model, requests, stats)
         merged: dict[int, list[str]] = {}
+        failed: set[int] = set()
         for (index, _), response in zip(pending, responses, strict=True):
+            if response.error is not None:
+                failed.add(index)  # counted in failed_requests by the runtime
             merged.setdefault(index, []).append(response.text.strip())
         finished = True
         for index, answers in merged.items():
-            current[index] = answers
-            if len(answers) > 1:
+            # A part of the group went unanswered: no answer for the group, not a partial one.
+            current[index] = None if index in failed else answers
+            if index not in failed and len(answers) > 1:
                 finished = False
         if finished:
             return [None if items is None or not items else items[0] for items in current]

@@ -16,6 +16,7 @@ the backend's prefix cache. Every call is accounted in the statement's `Statemen
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -27,9 +28,16 @@ from halo_sql.errors import ModelError, QueryCancelled
 from halo_sql.llm.base import Backend, LLMRequest, LLMResponse
 
 
+_samples = itertools.count()
+
+
 def request_key(model: str, request: LLMRequest) -> bytes:
-    """A 16-byte digest naming a request: equal digests get equal answers (greedy decoding)."""
+    """A 16-byte digest naming a request: equal digests get equal answers (greedy decoding).
+
+    With temperature > 0 every request is its own sample, so none is deduplicated."""
     prompt, output, params = request.dedup_key
+    if params.temperature > 0:
+        prompt = f"{prompt}\x00sample {next(_samples)}"
     text = repr((model, prompt, output.kind.value, output.labels, output.json_schema,
                  params.max_tokens, params.temperature, params.seed))
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
@@ -78,12 +86,22 @@ class StatementStats:
     failed_requests: int = 0
     """Requests the backend could not answer (e.g. prompt longer than the context window)."""
     backend_calls: int = 0
+    agent_steps: int = 0
+    """Batched model steps of agent operators (one runtime call each, for every running row)."""
+    tool_calls: int = 0
+    """Agent tool calls executed (after deduplication)."""
+    deduplicated_tool_calls: int = 0
+    """Agent tool calls answered by an identical call of the same statement or batch."""
+    tool_errors: int = 0
+    """Tool results an agent saw that were errors (exceptions, refusals, timeouts)."""
     rows_out: int = 0
     seconds: float = 0.0
     llm_seconds: float = 0.0
     memo: ResponseMemo = field(default_factory=ResponseMemo, repr=False)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     progress: Callable[[StatementStats], None] | None = field(default=None, repr=False)
+    operators: dict[Any, Any] = field(default_factory=dict, repr=False)
+    """Physical operator -> its counters (executor.engine.OperatorCounters; EXPLAIN ANALYZE)."""
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
@@ -94,6 +112,7 @@ class StatementStats:
         for key in (
             "llm_requests", "prompt_tokens", "cached_prompt_tokens", "output_tokens",
             "deduplicated_requests", "invalid_answers", "failed_requests", "backend_calls",
+            "agent_steps", "tool_calls", "deduplicated_tool_calls", "tool_errors",
         ):
             setattr(self, key, getattr(self, key) + getattr(other, key))
 

@@ -31,7 +31,7 @@ class OutputSpec:
     kind: OutputKind = OutputKind.TEXT
     labels: tuple[str, ...] = ()
     json_schema: str | None = None
-    """The JSON schema as canonical JSON text (sorted keys), so specs hash and compare by value."""
+    """The JSON schema as compact JSON text, so specs hash and compare by value."""
 
     @staticmethod
     def text() -> OutputSpec:
@@ -47,7 +47,8 @@ class OutputSpec:
 
     @staticmethod
     def json(schema: dict[str, Any]) -> OutputSpec:
-        return OutputSpec(OutputKind.JSON, json_schema=json.dumps(schema, sort_keys=True))
+        # Property order is kept: it is the order of the STRUCT fields the user asked for.
+        return OutputSpec(OutputKind.JSON, json_schema=json.dumps(schema, separators=(",", ":")))
 
     @property
     def schema(self) -> dict[str, Any] | None:

@@ -64,7 +64,9 @@ def _start(spec: ModelSpec) -> Backend:
     if spec.backend == "sim":
         from halo_sql.llm.sim import SimBackend
 
-        allowed = {"block_size", "cache_capacity_tokens", "context_window", "seed"}
+        allowed = {
+            "block_size", "cache_capacity_tokens", "context_window", "seed", "latency_per_request",
+        }
         _check_options(spec, options, allowed)
         return SimBackend(spec.model, **options)
     if spec.backend == "vllm":

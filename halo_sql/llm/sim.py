@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,7 @@ from halo_sql.llm.tokenizer import load_tokenizer
 
 __all__ = ["SimBackend", "LLMRequest", "OutputSpec"]
 
-_WORDS = (
-    "the order shipped late and the customer asked for a refund while the package arrived "
-    "damaged but support answered quickly with a clear plan to replace the item soon"
-).split()
+_WORDS = ["the", "order", "shipped", "late", "and", "the", "customer", "asked", "for", "a", "refund", "while", "the", "package", "arrived", "damaged", "but", "support", "answered", "quickly", "with", "a", "clear", "plan", "to", "replace", "the", "item", "soon"]
 
 
 class SimBackend:
@@ -44,6 +42,7 @@ class SimBackend:
         cache_capacity_tokens: int = 1 << 20,
         context_window: int = 4096,
         seed: int = 0,
+        latency_per_request: float = 0.0,
     ) -> None:
         self.model = model
         self.name = f"sim:{Path(model).name}" if model else "sim"
@@ -51,6 +50,8 @@ class SimBackend:
         self._cache = PrefixCache(block_size, max(1, cache_capacity_tokens // block_size))
         self._context_window = context_window
         self._seed = seed
+        self._latency = latency_per_request
+        """Seconds `generate` sleeps per request: makes statements slow on purpose (Ctrl-C tests)."""
         self._lock = threading.Lock()
         self.calls = 0
         """How many batches `generate` was given (tests count backend calls with it)."""
@@ -65,6 +66,8 @@ class SimBackend:
     def generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
         with self._lock:
             self.calls += 1
+            if self._latency > 0:
+                time.sleep(self._latency * len(requests))
             return [self._answer(request) for request in requests]
 
     def reset_cache(self) -> None:
@@ -90,10 +93,10 @@ class SimBackend:
         cached = self._cache.lookup_and_insert(tokens)
         rng = random.Random(self._digest(request))
         text = self._text_for(request.output, rng, request.params.max_tokens)
-        output_tokens = max(1, self.count_tokens(text))
         finish = "stop"
-        if request.output.kind is OutputKind.TEXT and output_tokens > request.params.max_tokens:
-            output_tokens, finish = request.params.max_tokens, "length"
+        if request.output.kind is OutputKind.TEXT:
+            text, finish = self._truncate(text, request.params.max_tokens)
+        output_tokens = max(1, self.count_tokens(text))
         return LLMResponse(
             text=text,
             prompt_tokens=len(tokens),
@@ -101,6 +104,19 @@ class SimBackend:
             output_tokens=output_tokens,
             finish_reason=finish,
         )
+
+    def _truncate(self, text: str, max_tokens: int) -> tuple[str, str]:
+        """Cut free text to `max_tokens` tokens, as a model stops when it hits the limit."""
+        if self.count_tokens(text) <= max_tokens:
+            return text, "stop"
+        words = text.split(" ")
+        while len(words) > 1 and self.count_tokens(" ".join(words)) > max_tokens:
+            words.pop()
+        cut = " ".join(words)
+        pieces = self._tokenizer.encode(cut)
+        if len(pieces) > max_tokens and all(isinstance(piece, str) for piece in pieces):
+            cut = "".join(str(piece) for piece in pieces[:max_tokens])
+        return cut, "length"
 
     def _digest(self, request: LLMRequest) -> int:
         key = json.dumps(
@@ -121,6 +137,9 @@ class SimBackend:
 
 def _value_for_schema(schema: dict[str, Any], rng: random.Random) -> Any:
     """A value valid under the common subset of JSON schema that LLM_EXTRACT supports."""
+    for key in ("anyOf", "oneOf"):  # e.g. an agent's reply: one of its tool calls, or final
+        if key in schema:
+            return _value_for_schema(rng.choice(schema[key]), rng)
     if "enum" in schema:
         return rng.choice(schema["enum"])
     if "const" in schema:
@@ -139,8 +158,8 @@ def _value_for_schema(schema: dict[str, Any], rng: random.Random) -> Any:
         low, high = int(schema.get("minimum", 0)), int(schema.get("maximum", 100))
         return rng.randint(low, high)
     if kind == "number":
-        low, high = float(schema.get("minimum", 0)), float(schema.get("maximum", 100))
-        return round(rng.uniform(low, high), 2)
+        lowest, highest = float(schema.get("minimum", 0)), float(schema.get("maximum", 100))
+        return round(rng.uniform(lowest, highest), 2)
     if kind == "boolean":
         return rng.random() < 0.5
     if kind == "null":

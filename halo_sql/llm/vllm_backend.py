@@ -158,15 +158,7 @@ class VLLMBackend:
     def _prompt_ids(self, prompt: str) -> list[int]:
         # Tokenizing here rather than in vLLM costs nothing extra (vLLM would tokenize in this
         # process too) and gives us the length to check before the batch is sent.
-        if not self.chat_template:
-            return list(self._tokenizer.encode(prompt))
-        rendered = self._tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        if not isinstance(rendered, str):  # some tokenizers return ids whatever `tokenize` says
-            return list(rendered)
-        # The rendered template already holds the BOS token when the model wants one.
-        return list(self._tokenizer.encode(rendered, add_special_tokens=False))
+        return prompt_token_ids(self._tokenizer, prompt, chat_template=self.chat_template)
 
     def _prompt_problem(self, ids: list[int]) -> str | None:
         if not ids:
@@ -212,6 +204,25 @@ class VLLMBackend:
             _log.debug("vLLM generate failed on %s", self.model, exc_info=exc)
             raise ModelError(f"model {self.model!r} failed: {_short_cause(exc)}") from None
         return [_response(compat.read_output(output)) for output in outputs]
+
+
+def prompt_token_ids(tokenizer: Any, prompt: str, *, chat_template: bool = False) -> list[int]:
+    """The token ids the engine gets for `prompt`: as is, or as one user turn of the model's chat
+    template followed by the assistant's turn.
+
+        >>> prompt_token_ids(tokenizer, "Late?")                      # doctest: +SKIP
+        [22, 83, 34]
+    """
+    if not chat_template:
+        return list(tokenizer.encode(prompt))
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    if not isinstance(rendered, str):  # some tokenizers return ids whatever `tokenize` says
+        return list(rendered)
+    # The rendered template already holds the BOS token when the model wants one; encoding it
+    # with special tokens would put a second BOS in front.
+    return list(tokenizer.encode(rendered, add_special_tokens=False))
 
 
 def _check_local_model(model: str) -> None:

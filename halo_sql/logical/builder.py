@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -28,9 +29,16 @@ from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
+from halo_sql.agents.binder import has_agent_calls, lift_agent_calls
 from halo_sql.errors import BinderError
 from halo_sql.llm.base import OutputKind
-from halo_sql.logical.functions import CallSite, is_llm_call, location_of, read_call_site
+from halo_sql.logical.functions import (
+    CallSite,
+    is_llm_call,
+    location_of,
+    read_call_site,
+    struct_items,
+)
 from halo_sql.logical.llm_call import LLMFunction, sql_type_for
 from halo_sql.logical.plan import (
     DuckDBQuery,
@@ -47,6 +55,7 @@ from halo_sql.logical.plan import (
 
 DIALECT = "duckdb"
 ROW_ALIAS = "__halo_r"
+_CALL_TAG = "halo_call"
 
 
 @dataclass
@@ -60,6 +69,20 @@ class BindCatalog:
     resolve_model: Callable[[str], str]
     """Canonical name of a model, or raise BinderError if there is no such model."""
     default_model: str | None = None
+    output_names: Callable[[str], list[str]] | None = None
+    """Result column names of a query as DuckDB names them (binds it without running it).
+    Qualification normalizes identifiers; these names keep what the user sees DuckDB's."""
+    agents: Any = None
+    """The session's agents and tools (halo_sql.agents.catalog.AgentCatalog), for AGENT(...)."""
+
+
+@dataclass(frozen=True)
+class PlannerOptions:
+    """Switches for the planner's rewrites (tests compare plans with each one on and off)."""
+
+    lift_llm_calls: bool = True
+    """False: no call is lifted into LLM operators; every call runs as a DuckDB function (the
+    path taken where lifting does not apply). Answers must be the same either way."""
 
 
 @dataclass
@@ -70,36 +93,50 @@ class _Names:
         return f"{prefix}_{next(self.counter)}"
 
 
-def contains_llm_call(node: exp.Expression) -> bool:
+def contains_llm_call(node: exp.Expr) -> bool:
     return any(is_llm_call(n) for n in node.walk())
 
 
 class PlanBuilder:
     """Builds one statement's plan; see the module docstring for the steps."""
 
-    def __init__(self, catalog: BindCatalog) -> None:
+    def __init__(self, catalog: BindCatalog, options: PlannerOptions | None = None) -> None:
         self.catalog = catalog
+        self.options = options or PlannerOptions()
         self.names = _Names()
         self.notes: list[str] = []
         self.sites: dict[int, CallSite] = {}
         self.inputs: dict[str, NamedInput] = {}
         self.udfs: dict[str, LLMUdf] = {}
+        self._udf_names: dict[str, str] = {}
         self.qualified = False
 
     # -- entry point -------------------------------------------------------------------------
-    def build(self, statement: exp.Expression, sql: str) -> StatementPlan:
+    def build(self, statement: exp.Expr, sql: str) -> StatementPlan:
+        if has_agent_calls(statement):
+            # Agent calls become named inputs first (halo_sql.agents.binder); the rest of the
+            # statement is then planned as usual, reading their outputs as tables.
+            statement = lift_agent_calls(statement, self)
         if not contains_llm_call(statement):
+            if self.inputs:  # agent outputs (possibly planned by an enclosing statement)
+                return StatementPlan(self._duckdb(statement), tuple(self.notes))
             return StatementPlan(DuckDBQuery(sql))
         statement = statement.copy()
         _alias_unnamed_projections(statement)
-        for node in list(statement.walk()):
-            if is_llm_call(node):
-                site = read_call_site(node, default_model=self.catalog.default_model)
-                site.call = _with_model(site.call, self.catalog.resolve_model(site.call.model))
-                self.sites[id(node)] = site
+        calls = [node for node in statement.walk() if is_llm_call(node)]
+        for tag, node in enumerate(calls):
+            # The tag survives the copies qualification makes (it may also duplicate a call, e.g.
+            # when it expands `GROUP BY 1`), so every copy finds its call site again.
+            node.meta[_CALL_TAG] = tag
+            site = read_call_site(node, default_model=self.catalog.default_model)
+            site.call = _with_model(site.call, self._resolve_model(site.call.model, node))
+            self.sites[id(node)] = site
         self.catalog.check_sql(_placeholder_sql(statement, self.sites))
+        names = self._output_names(statement)
         statement = self._qualify(statement)
         query = _top_level_query(statement)
+        if self.qualified and names is not None and query is not None:
+            _set_output_names(query, names)
         if query is None:
             self.notes.append("LLM calls in this statement run as DuckDB functions")
             self._udf_all(statement)
@@ -113,11 +150,14 @@ class PlanBuilder:
         return StatementPlan(self._duckdb(statement), tuple(self.notes))
 
     # -- qualification -------------------------------------------------------------------------
-    def _qualify(self, statement: exp.Expression) -> exp.Expression:
-        schema: dict[str, dict[str, str]] = {}
+    def _qualify(self, statement: exp.Expr) -> exp.Expr:
+        schema: dict[str, object] = {}
         cte_names = {cte.alias_or_name.lower() for cte in statement.find_all(exp.CTE)}
+        # The table a CREATE TABLE AS / INSERT writes is not read (and may not exist yet).
+        target = statement.this if isinstance(statement, exp.Create | exp.Insert) else None
+        written = {id(t) for t in target.find_all(exp.Table)} if target is not None else set()
         for table in statement.find_all(exp.Table):
-            if table.name.lower() in cte_names or not table.name:
+            if table.name.lower() in cte_names or not table.name or id(table) in written:
                 continue
             if table.args.get("db") or table.args.get("catalog") or table.this is None:
                 self.notes.append("tables outside the main schema: columns were not qualified")
@@ -139,34 +179,52 @@ class PlanBuilder:
         except (OptimizeError, SqlglotError, KeyError, ValueError) as exc:
             self.notes.append(f"columns were not qualified ({exc}); LLM calls run as DuckDB functions")
             return self._relink(statement, original)
+        if not all(_CALL_TAG in n.meta for n in qualified.walk() if is_llm_call(n)):
+            self.notes.append("qualification lost track of an LLM call; LLM calls run as DuckDB functions")
+            return self._relink(statement, original)
         self.qualified = True
         return self._relink(qualified, original)
 
-    def _relink(self, new: exp.Expression, old: exp.Expression) -> exp.Expression:
-        """Carry call sites over to the copy: LLM calls appear in the same walk order in both."""
-        new_calls = [n for n in new.walk() if is_llm_call(n)]
-        old_calls = [n for n in old.walk() if is_llm_call(n)]
-        if len(new_calls) != len(old_calls):  # qualification dropped or duplicated a call
-            return self._relink(old, old) if new is not old else new
+    def _relink(self, new: exp.Expr, old: exp.Expr) -> exp.Expr:
+        """Carry call sites over to `new`, a qualified copy of `old`: each call there has the tag
+        of the call it was copied from (more than one copy when qualification expanded a
+        positional reference such as `GROUP BY 1`)."""
+        by_tag = {n.meta[_CALL_TAG]: self.sites[id(n)] for n in old.walk() if is_llm_call(n)}
         sites = {}
-        for new_node, old_node in zip(new_calls, old_calls, strict=True):
-            site = self.sites[id(old_node)]
-            slot_exprs = site.slot_exprs
+        for node in new.walk():
+            if not is_llm_call(node):
+                continue
+            site = by_tag[node.meta[_CALL_TAG]]
+            slot_exprs, item_expr = site.slot_exprs, site.item_expr
+            args = node.expressions
             if site.call.template.data_last:  # FlockMTL struct values are SQL: take the new ones
-                args = new_node.expressions
                 if len(args) == 3 and isinstance(args[2], exp.Struct):
-                    slot_exprs = [item.expression for item in args[2].expressions]
-                    if site.item_expr is not None:
-                        site.item_expr = exp.Struct(expressions=[i.copy() for i in args[2].expressions])
+                    if item_expr is not None:
+                        item_expr = exp.Struct(expressions=[i.copy() for i in args[2].expressions])
                         slot_exprs = []
-            sites[id(new_node)] = CallSite(new_node, site.call, slot_exprs, site.item_expr)
-            if site.call.function is LLMFunction.AGG and site.item_expr is not None:
-                sites[id(new_node)].item_expr = new_node.expressions[1]
+                    else:
+                        slot_exprs = list(struct_items(args[2]).values())
+            elif site.call.function is LLMFunction.AGG:  # LLM_AGG(template, item)
+                item_expr = [a for a in args if not isinstance(a, exp.Kwarg)][1]
+            sites[id(node)] = CallSite(node, site.call, slot_exprs, item_expr)
         self.sites = sites
         return new
 
+    def _resolve_model(self, name: str, node: exp.Expr) -> str:
+        try:
+            return self.catalog.resolve_model(name)
+        except BinderError as exc:
+            raise BinderError(exc.message, location=exc.location or location_of(node)) from None
+
+    def _output_names(self, statement: exp.Expr) -> list[str] | None:
+        """The result column names DuckDB gives the statement's query (None if unknown)."""
+        query = _top_level_query(statement)
+        if query is None or self.catalog.output_names is None:
+            return None
+        return self.catalog.output_names(_placeholder_sql(query, self.sites))
+
     # -- queries -------------------------------------------------------------------------------
-    def _plan_query(self, query: exp.Expression, ctes: list[exp.CTE]) -> PlanNode:
+    def _plan_query(self, query: exp.Expr, ctes: list[exp.CTE]) -> PlanNode:
         """Plan a query (SELECT or set operation) that contains LLM calls; returns its rows."""
         with_ = query.args.get("with_") or query.args.get("with")
         local_ctes = list(ctes)
@@ -195,7 +253,7 @@ class PlanBuilder:
                 source.replace(exp.to_table(name).as_(alias) if alias else exp.to_table(name))
         return self._plan_select(query, ctes=ctes, scope_ctes=scope_ctes)
 
-    def _plan_subquery(self, query: exp.Expression, ctes: list[exp.CTE]) -> str:
+    def _plan_subquery(self, query: exp.Expr, ctes: list[exp.CTE]) -> str:
         plan = self._plan_query(query, ctes)
         name = self.names.next("__halo_in")
         self.inputs[name] = NamedInput(name, plan)
@@ -215,6 +273,8 @@ class PlanBuilder:
         aliases = _source_aliases(select)
         reason = None if self.qualified and scope is not None else "columns could not be qualified"
         reason = reason or _unliftable_reason(select, aliases)
+        if not self.options.lift_llm_calls:
+            reason = "lifting is switched off (PlannerOptions.lift_llm_calls)"
         if reason:
             self.notes.append(f"LLM calls run as DuckDB functions: {reason}")
             for site in block_sites:
@@ -254,7 +314,7 @@ class PlanBuilder:
         arg_columns: dict[str, tuple[str, ...]] = {}
         site_column: dict[int, str] = {}
         arg_names: dict[str, str] = {}
-        projections: list[exp.Expression] = []
+        projections: list[exp.Expr] = []
         for site in liftable:
             key = repr((site.call, [e.sql(DIALECT) for e in site.slot_exprs]))
             if key not in columns:
@@ -273,8 +333,8 @@ class PlanBuilder:
 
         # Decide where each LLM conjunct runs: as an LLM filter, as LLM maps plus a batch filter,
         # or (when it needs the catalog, e.g. a subquery) in the residual query.
-        stage_conjuncts: list[exp.Expression] = []
-        residual_conjuncts: list[exp.Expression] = []
+        stage_conjuncts: list[exp.Expr] = []
+        residual_conjuncts: list[exp.Expr] = []
         for conjunct in sorted(llm_conjuncts, key=self._conjunct_cost):
             calls = [n for n in conjunct.walk() if is_llm_call(n)]
             if any(id(n) not in site_column for n in calls) or any(
@@ -285,7 +345,7 @@ class PlanBuilder:
                 stage_conjuncts.append(conjunct)
 
         limit = _pushable_limit(select, aliases, residual_conjuncts)
-        order = select.args.get("order") if limit is not None else None
+        order = _order_over_sources(select, aliases) if limit is not None else None
         from_ = select.args.get("from_") or select.args.get("from")
         joins = list(select.args.get("joins") or [])
         select.set("where", exp.Where(this=exp.and_(*residual_conjuncts, copy=False)) if residual_conjuncts else None)
@@ -297,6 +357,7 @@ class PlanBuilder:
         )
         if not needed and not projections:
             source = source.select(exp.Literal.number(1).as_("__one", quoted=True))
+        assert from_ is not None  # a block without FROM is never lifted (_unliftable_reason)
         source.set("from_", from_.copy())
         for join in joins:
             source.append("joins", join.copy())
@@ -345,7 +406,7 @@ class PlanBuilder:
         _rewrite_to_rows(residual, aliases, site_column, qualify_rows=True)
         return self._duckdb(residual, ctes=ctes)
 
-    def _conjunct_cost(self, conjunct: exp.Expression) -> int:
+    def _conjunct_cost(self, conjunct: exp.Expr) -> int:
         """Cheap LLM predicates first: short constrained answers before free text."""
         cost = 0
         for node in conjunct.walk():
@@ -364,6 +425,8 @@ class PlanBuilder:
                 return True
             if is_llm_call(ancestor):
                 return True
+        if _per_group_call(site.node, select):
+            return True
         return any(
             isinstance(n, exp.AggFunc | exp.Window) or is_llm_call(n)
             for e in site.slot_exprs
@@ -387,7 +450,7 @@ class PlanBuilder:
         visible: dict[str, list[str]] = {}
         for alias, source in scope.sources.items():
             visible[alias] = _source_columns(source, self.catalog)
-        resolved: list[exp.Expression] = []
+        resolved: list[exp.Expr] = []
         for slot in site.call.template.slots:
             where = location_of(site.node)
             name = slot.name.lower()
@@ -425,13 +488,12 @@ class PlanBuilder:
         site.slot_exprs = resolved
 
     # -- UDF fallback --------------------------------------------------------------------------
-    def _udf_all(self, node: exp.Expression) -> None:
+    def _udf_all(self, node: exp.Expr) -> None:
         for site in self._sites_in(node):
             self._to_udf(site)
 
     def _to_udf(self, site: CallSite) -> None:
         call = site.call
-        name = self.names.next("__halo_fn")
         if call.function.is_aggregate:
             assert site.item_expr is not None
             item = site.item_expr.copy()
@@ -441,20 +503,26 @@ class PlanBuilder:
             # LIST(x ORDER BY x): a deterministic item order makes the prompt, and so the answer,
             # reproducible (and puts equal items next to each other).
             args = [sqlglot.parse_one(f"LIST({item_sql} ORDER BY {item_sql})", read=DIALECT)]
-            udf = LLMUdf(name, call, 1, aggregate=True)
+            arity = 1
         else:
             args = [exp.cast(e.copy(), exp.DataType.build("VARCHAR")) for e in site.slot_exprs]
-            udf = LLMUdf(name, call, len(args))
+            arity = len(args)
             if not args:  # see register_llm_udf: the vector length comes from a dummy argument
                 args = [exp.Literal.string("")]
-        self.udfs[name] = udf
+        # The same call on the same arguments is one function: DuckDB must see `GROUP BY f(x)`
+        # and `SELECT f(x)` as the same expression.
+        key = repr((call, [a.sql(DIALECT) for a in args]))
+        name = self._udf_names.get(key)
+        if name is None:
+            name = self._udf_names[key] = self.names.next("__halo_fn")
+            self.udfs[name] = LLMUdf(name, call, arity, aggregate=call.function.is_aggregate)
         self.sites.pop(id(site.node), None)
         site.node.replace(exp.Anonymous(this=name, expressions=args))
 
-    def _sites_in(self, node: exp.Expression) -> list[CallSite]:
+    def _sites_in(self, node: exp.Expr) -> list[CallSite]:
         return [self.sites[id(n)] for n in node.walk() if id(n) in self.sites]
 
-    def _duckdb(self, query: exp.Expression, ctes: Sequence[exp.CTE] = ()) -> DuckDBQuery:
+    def _duckdb(self, query: exp.Expr, ctes: Sequence[exp.CTE] = ()) -> DuckDBQuery:
         standalone = _with_ctes(query, ctes)
         sql = standalone.sql(DIALECT)
         referenced = {t.name for t in standalone.find_all(exp.Table)}
@@ -467,7 +535,7 @@ class PlanBuilder:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _select_from(name: str, original: exp.Expression) -> exp.Select:
+def _select_from(name: str, original: exp.Expr) -> exp.Select:
     """`SELECT <original's output columns> FROM name`: keeps the columns visible to scoping."""
     columns = original.named_selects if isinstance(original, exp.Query) else []
     if not columns or "*" in columns:
@@ -481,7 +549,7 @@ def _with_model(call, model: str):  # type: ignore[no-untyped-def]
     return call if call.model == model else replace(call, model=model)
 
 
-def _top_level_query(statement: exp.Expression) -> exp.Expression | None:
+def _top_level_query(statement: exp.Expr) -> exp.Expr | None:
     if isinstance(statement, exp.Query):
         return statement
     if isinstance(statement, exp.Create | exp.Insert):
@@ -493,7 +561,7 @@ def _top_level_query(statement: exp.Expression) -> exp.Expression | None:
     return None
 
 
-def _placeholder_sql(statement: exp.Expression, sites: dict[int, CallSite]) -> str:
+def _placeholder_sql(statement: exp.Expr, sites: dict[int, CallSite]) -> str:
     """The statement with each LLM call replaced by a typed NULL (for a DuckDB bind check)."""
     copy = statement.copy()
     originals = [n for n in statement.walk() if is_llm_call(n)]
@@ -512,7 +580,43 @@ def _placeholder_sql(statement: exp.Expression, sites: dict[int, CallSite]) -> s
     return copy.sql(DIALECT)
 
 
-def _alias_unnamed_projections(statement: exp.Expression) -> None:
+def _set_output_names(query: exp.Expr, names: list[str]) -> None:
+    """Alias a qualified query's result columns with the names DuckDB gives the original.
+
+    Qualification lowercases identifiers and names expressions `_col_N`:
+
+        SELECT "Id", count(*) ... GROUP BY "Id"     (DuckDB's names: Id, count_star())
+        SELECT t.id AS id, COUNT(*) AS _col_1 ...   (qualified)
+        SELECT t.id AS "Id", COUNT(*) AS "count_star()" ...
+    """
+    orders = []
+    while isinstance(query, exp.SetOperation):
+        orders.append(query.args.get("order"))
+        query = query.this
+    if not isinstance(query, exp.Select) or len(query.expressions) != len(names):
+        return
+    if any(isinstance(p, exp.Star) or p.is_star for p in query.expressions):
+        return
+    orders.append(query.args.get("order"))
+    renamed: dict[str, str] = {}
+    named: list[exp.Expr] = []
+    for projection, name in zip(list(query.expressions), names, strict=True):
+        # In place, not copied: call sites are keyed by the identity of their nodes.
+        if isinstance(projection, exp.Alias):
+            renamed[projection.alias.lower()] = name
+            projection.set("alias", exp.to_identifier(name, quoted=True))
+            named.append(projection)
+        else:
+            named.append(exp.alias_(projection, name, quoted=True, copy=False))
+    query.set("expressions", named)
+    # ORDER BY may name result columns by their old aliases (e.g. `ORDER BY 1` -> `_col_0`).
+    for order in orders:
+        for column in list(order.find_all(exp.Column)) if order is not None else []:
+            if not column.table and column.name.lower() in renamed:
+                column.set("this", exp.to_identifier(renamed[column.name.lower()], quoted=True))
+
+
+def _alias_unnamed_projections(statement: exp.Expr) -> None:
     """Keep the output names a user sees: name unaliased LLM expressions by their text."""
     query = _top_level_query(statement) if not isinstance(statement, exp.Query) else statement
     while isinstance(query, exp.SetOperation):
@@ -537,14 +641,33 @@ def _derived_tables(select: exp.Select) -> list[exp.Subquery]:
     return out
 
 
-def _enclosing_select(node: exp.Expression) -> exp.Select | None:
+def _per_group_call(node: exp.Expr, select: exp.Select) -> bool:
+    """True for a call of a grouped SELECT evaluated once per group, not per input row.
+
+        SELECT cat, LLM('{cat}') FROM t GROUP BY cat      -- per group: DuckDB evaluates it
+        SELECT LLM('{x}') k, count(*) FROM t GROUP BY k   -- a group key: lifted (per row)
+        SELECT AVG(CASE WHEN LLM_FILTER('{x}') ...)       -- inside an aggregate: lifted
+    """
+    group = select.args.get("group")
+    if group is None:
+        return False
+    ancestors = _ancestors(node, stop=select)
+    if any(isinstance(a, exp.AggFunc | exp.Group) for a in ancestors):
+        return False
+    if group.args.get("all"):
+        return False  # GROUP BY ALL groups by every projection that is not an aggregate
+    keys = group.expressions
+    return not any(candidate == key for candidate in (node, *ancestors) for key in keys)
+
+
+def _enclosing_select(node: exp.Expr) -> exp.Select | None:
     parent = node.parent
     while parent is not None and not isinstance(parent, exp.Select):
         parent = parent.parent
     return parent
 
 
-def _ancestors(node: exp.Expression, stop: exp.Expression) -> list[exp.Expression]:
+def _ancestors(node: exp.Expr, stop: exp.Expr) -> list[exp.Expr]:
     out = []
     parent = node.parent
     while parent is not None and parent is not stop:
@@ -576,7 +699,7 @@ def _unliftable_reason(select: exp.Select, aliases: set[str]) -> str | None:
     return None
 
 
-def _with_ctes(query: exp.Expression, ctes: Sequence[exp.CTE]) -> exp.Expression:
+def _with_ctes(query: exp.Expr, ctes: Sequence[exp.CTE]) -> exp.Expr:
     if not ctes:
         return query
     standalone = query.copy()
@@ -595,10 +718,15 @@ def _source_columns(source: object, catalog: BindCatalog) -> list[str]:
         expression = source.expression
         if isinstance(expression, exp.Query):
             return [c.lower() for c in expression.named_selects]
+        if isinstance(expression, exp.Values) and expression.expressions:
+            # (VALUES ...) AS t(a, b); DuckDB names unnamed VALUES columns col0, col1, ...
+            named = [c.lower() for c in expression.alias_column_names]
+            width = len(expression.expressions[0].expressions)
+            return named + [f"col{i}" for i in range(len(named), width)]
     return []
 
 
-def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
+def _conjuncts(condition: exp.Expr) -> list[exp.Expr]:
     if isinstance(condition, exp.And):
         return _conjuncts(condition.this) + _conjuncts(condition.expression)
     if isinstance(condition, exp.Paren):
@@ -625,11 +753,13 @@ def _move_inner_join_llm_conditions(select: exp.Select) -> None:
 
 
 def _pushable_limit(
-    select: exp.Select, aliases: set[str], llm_conjuncts: list[exp.Expression]
+    select: exp.Select, aliases: set[str], residual_conjuncts: list[exp.Expr]
 ) -> int | None:
     """Rows needed from the LLM stage when LIMIT can stop it early, else None."""
     limit = select.args.get("limit")
     if limit is None or select.args.get("group") or select.args.get("having"):
+        return None
+    if residual_conjuncts:  # the residual query still filters rows after the stage
         return None
     if select.args.get("distinct") or select.args.get("qualify"):
         return None
@@ -639,13 +769,8 @@ def _pushable_limit(
     for projection in select.expressions:
         if any(isinstance(n, exp.AggFunc | exp.Window) for n in projection.walk()):
             return None
-    order = select.args.get("order")
-    if order is not None:
-        for node in order.walk():
-            if is_llm_call(node) or isinstance(node, exp.AggFunc | exp.Window | exp.Query):
-                return None
-            if isinstance(node, exp.Column) and node.table.lower() not in aliases:
-                return None
+    if select.args.get("order") is not None and _order_over_sources(select, aliases) is None:
+        return None
     offset = select.args.get("offset")
     extra = 0
     if offset is not None:
@@ -656,11 +781,39 @@ def _pushable_limit(
     return int(count.this) + extra
 
 
+def _order_over_sources(select: exp.Select, aliases: set[str]) -> exp.Order | None:
+    """A copy of the ORDER BY in terms of the sources' columns, or None if it needs more.
+
+    References to result columns are replaced by what they name, so the source query can sort
+    (and stop at the LIMIT) before any LLM work:
+
+        SELECT r.id AS k, LLM(...) FROM r ... ORDER BY k LIMIT 5   -- source: ORDER BY r.id
+    """
+    order = select.args.get("order")
+    if order is None:
+        return None
+    named = {
+        p.alias.lower(): p.this for p in select.expressions if isinstance(p, exp.Alias) and p.alias
+    }
+    order = order.copy()
+    for column in list(order.find_all(exp.Column)):
+        if not column.table and column.name.lower() in named:
+            column.replace(named[column.name.lower()].copy())
+    for node in order.walk():
+        if is_llm_call(node) or isinstance(node, exp.AggFunc | exp.Window | exp.Query):
+            return None
+        if isinstance(node, exp.Anonymous) and str(node.this).lower().startswith("__halo_fn"):
+            return None  # an LLM call left to DuckDB: not cheap, keep it above the LLM stage
+        if isinstance(node, exp.Column) and node.table.lower() not in aliases:
+            return None
+    return order
+
+
 def _needed_columns(
     select: exp.Select,
     aliases: set[str],
     lifted: list[CallSite],
-    extra: Sequence[exp.Expression] = (),
+    extra: Sequence[exp.Expr] = (),
 ) -> list[exp.Column]:
     """Columns of the block's sources that the residual query still reads."""
     skip = {id(n) for site in lifted for n in site.node.walk()}
@@ -684,23 +837,23 @@ def _row_column_name(column: exp.Column) -> str:
 
 
 def _still_used(site: CallSite, select: exp.Select) -> bool:
-    node = site.node
+    node: exp.Expr | None = site.node
     while node is not None and node is not select:
         node = node.parent
     return node is select
 
 
 def _rewrite_to_rows(
-    node: exp.Expression,
+    node: exp.Expr,
     aliases: set[str],
     site_column: dict[int, str],
     *,
     qualify_rows: bool,
-) -> exp.Expression:
+) -> exp.Expr:
     """Point column references and lifted calls at the stage's row columns."""
     table = ROW_ALIAS if qualify_rows else None
 
-    def transform(n: exp.Expression) -> exp.Expression:
+    def transform(n: exp.Expr) -> exp.Expr:
         if id(n) in site_column:
             return exp.column(exp.to_identifier(site_column[id(n)], quoted=True), table=table)
         if isinstance(n, exp.Column) and n.table and n.table.lower() in aliases:

@@ -61,20 +61,20 @@ _DEFAULT_MAX_TOKENS = {
 class CallSite:
     """One LLM function call found in a statement."""
 
-    node: exp.Expression
+    node: exp.Expr
     """The call's node in the AST (replaced by a column or UDF call when the plan is built)."""
     call: LLMCall
-    slot_exprs: list[exp.Expression]
+    slot_exprs: list[exp.Expr]
     """SQL expressions whose values fill the template slots, in slot order."""
-    item_expr: exp.Expression | None = None
+    item_expr: exp.Expr | None = None
     """For aggregate functions: the per-row expression whose values are reduced."""
 
 
-def is_llm_call(node: exp.Expression) -> bool:
+def is_llm_call(node: exp.Expr) -> bool:
     return isinstance(node, exp.Anonymous) and str(node.this).lower() in LLM_FUNCTION_NAMES
 
 
-def location_of(node: exp.Expression) -> SourceLocation | None:
+def location_of(node: exp.Expr) -> SourceLocation | None:
     """Best-effort source position of a node (sqlglot records it on identifiers and literals)."""
     for candidate in node.walk():
         meta = getattr(candidate, "_meta", None) or {}
@@ -83,7 +83,7 @@ def location_of(node: exp.Expression) -> SourceLocation | None:
     return None
 
 
-def read_call_site(node: exp.Expression, *, default_model: str | None) -> CallSite:
+def read_call_site(node: exp.Expr, *, default_model: str | None) -> CallSite:
     """Read an LLM call's arguments into a CallSite, or raise BinderError naming the place."""
     name = str(node.this).lower()
     args = list(node.expressions)
@@ -99,7 +99,7 @@ def read_call_site(node: exp.Expression, *, default_model: str | None) -> CallSi
 
 
 def _read_halo(
-    node: exp.Expression, name: str, args: list[exp.Expression], default_model: str | None
+    node: exp.Expr, name: str, args: list[exp.Expr], default_model: str | None
 ) -> CallSite:
     function = HALO_NAMES[name]
     where = location_of(node)
@@ -143,24 +143,25 @@ def _read_halo(
             )
         item_expr = positional[1]
     model, params = _model_and_params(function, options, name, where, default_model)
-    slot_exprs: list[exp.Expression] = [_slot_column(s) for s in template.slots]
+    slot_exprs: list[exp.Expr] = [_slot_column(s) for s in template.slots]
     call = LLMCall(function, template, model, output, params)
     return CallSite(node, call, slot_exprs, item_expr)
 
 
 def _read_flockmtl(
-    node: exp.Expression, name: str, args: list[exp.Expression], default_model: str | None
+    node: exp.Expr, name: str, args: list[exp.Expr], default_model: str | None
 ) -> CallSite:
     function = FLOCKMTL_NAMES[name]
     where = location_of(node)
-    if len(args) not in (2, 3) or not all(isinstance(a, exp.Struct) for a in args):
+    structs = [a for a in args if isinstance(a, exp.Struct)]
+    if len(args) not in (2, 3) or len(structs) != len(args):
         raise BinderError(
             f"{name}() takes ({{'model_name': ...}}, {{'prompt': ...}}[, {{'column': expr, ...}}])",
             location=where,
         )
-    model_args = _struct_items(args[0])
-    prompt_args = _struct_items(args[1])
-    inputs = _struct_items(args[2]) if len(args) == 3 else {}
+    model_args = struct_items(structs[0])
+    prompt_args = struct_items(structs[1])
+    inputs = struct_items(structs[2]) if len(structs) == 3 else {}
     if "prompt_name" in prompt_args:
         raise BinderError(
             f"{name}(): stored prompts ('prompt_name') are not supported; pass {{'prompt': '...'}}",
@@ -169,14 +170,29 @@ def _read_flockmtl(
     if "prompt" not in prompt_args:
         raise BinderError(f"{name}(): the second argument needs a 'prompt' field", location=where)
     prompt = _string_literal(prompt_args["prompt"], name, "prompt")
-    options: dict[str, exp.Expression] = {}
+    options: dict[str, exp.Expr] = {}
     if "model_name" in model_args:
         options["model"] = model_args["model_name"]
+    # Decoding settings sit in the struct itself or in its 'model_parameters' (a struct or a
+    # JSON object string); other provider parameters have no meaning here and are ignored.
+    parameters = dict(model_args)
+    extra = model_args.get("model_parameters")
+    if isinstance(extra, exp.Struct):
+        parameters.update(struct_items(extra))
+    elif extra is not None:
+        text = _string_literal(extra, name, "model_parameters")
+        try:
+            decoded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BinderError(
+                f"{name}(): model_parameters is not valid JSON ({exc.msg})", location=where
+            ) from None
+        if not isinstance(decoded, dict):
+            raise BinderError(f"{name}(): model_parameters must be a JSON object", location=where)
+        parameters.update({k: exp.convert(v) for k, v in decoded.items()})
     for key in ("max_tokens", "temperature"):
-        if key in model_args:
-            options[key] = model_args[key]
-        elif key in model_args.get("model_parameters", exp.Null()).args.get("expressions", []):
-            pass
+        if key in parameters:
+            options[key] = parameters[key]
     if function is not LLMFunction.COMPLETE and not inputs:
         raise BinderError(f"{name}() needs a third argument with the input columns", location=where)
     output = OutputSpec.boolean() if function is LLMFunction.FILTER else OutputSpec.text()
@@ -184,7 +200,7 @@ def _read_flockmtl(
         output = OutputSpec.json({"type": "array", "items": {"type": "integer"}})
     model, params = _model_and_params(function, options, name, where, default_model)
     item_expr = None
-    slot_exprs: list[exp.Expression] = []
+    slot_exprs: list[exp.Expr] = []
     if function.is_aggregate:
         template = PromptTemplate((prompt,), data_last=True)
         item_expr = exp.Struct(expressions=[exp.PropertyEQ(this=exp.to_identifier(k), expression=v) for k, v in inputs.items()])
@@ -197,7 +213,7 @@ def _read_flockmtl(
 
 def _model_and_params(
     function: LLMFunction,
-    options: dict[str, exp.Expression],
+    options: dict[str, exp.Expr],
     name: str,
     where: SourceLocation | None,
     default_model: str | None,
@@ -233,8 +249,8 @@ def _slot_column(slot: Slot) -> exp.Column:
     return exp.column(slot.name, table=slot.qualifier, quoted=False)
 
 
-def _struct_items(node: exp.Struct) -> dict[str, exp.Expression]:
-    items: dict[str, exp.Expression] = {}
+def struct_items(node: exp.Struct) -> dict[str, exp.Expr]:
+    items: dict[str, exp.Expr] = {}
     for item in node.expressions:
         if isinstance(item, exp.PropertyEQ | exp.Slice | exp.EQ):
             key = item.this
@@ -245,7 +261,7 @@ def _struct_items(node: exp.Struct) -> dict[str, exp.Expression]:
     return items
 
 
-def _string_literal(node: exp.Expression, name: str, what: str) -> str:
+def _string_literal(node: exp.Expr, name: str, what: str) -> str:
     if isinstance(node, exp.Literal) and node.is_string:
         return str(node.this)
     raise BinderError(
@@ -254,7 +270,7 @@ def _string_literal(node: exp.Expression, name: str, what: str) -> str:
     )
 
 
-def _number_literal(node: exp.Expression, name: str, what: str) -> float:
+def _number_literal(node: exp.Expr, name: str, what: str) -> float:
     value = node.this if isinstance(node, exp.Literal) else None
     if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
         value = "-" + str(node.this.this)
@@ -267,7 +283,7 @@ def _number_literal(node: exp.Expression, name: str, what: str) -> float:
         ) from None
 
 
-def _labels(node: exp.Expression, name: str, where: SourceLocation | None) -> list[str]:
+def _labels(node: exp.Expr, name: str, where: SourceLocation | None) -> list[str]:
     if not isinstance(node, exp.Array):
         raise BinderError(
             f"{name.upper()}: labels must be a list literal like ['positive', 'negative'], "
@@ -287,7 +303,7 @@ def _labels(node: exp.Expression, name: str, where: SourceLocation | None) -> li
 _TYPE_NAMES = {"string", "integer", "number", "boolean"}
 
 
-def _json_schema(node: exp.Expression, name: str, where: SourceLocation | None) -> dict[str, Any]:
+def _json_schema(node: exp.Expr, name: str, where: SourceLocation | None) -> dict[str, Any]:
     text = _string_literal(node, name, "JSON schema")
     try:
         schema = json.loads(text)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from halo_sql.agents.spec import AgentSpec, ToolSpec
 from halo_sql.logical.llm_call import LLMCall
 
 
@@ -82,7 +84,9 @@ class LLMFilter(PlanNode):
     arguments: tuple[str, ...]
     """Input columns holding the template's slot values (VARCHAR), in slot order."""
     limit_hint: int | None = None
-    """At most this many passing rows are needed downstream: work in small chunks, stop early."""
+    """A LIMIT above needs this many rows: work in chunks sized to pass about that many, so the
+    LIMIT can stop pulling (and model work) early. A hint, not a bound: filters above this one
+    may reject rows and pull more."""
 
     @property
     def children(self) -> tuple[PlanNode, ...]:
@@ -140,12 +144,36 @@ class Limit(PlanNode):
 
 
 @dataclass(frozen=True)
+class AgentCall(PlanNode):
+    """Run an agent for every input row; adds the answer columns, `steps`, `tool_calls`, `error`.
+
+    Every step of all rows' runs is one batched model call; tool calls of a step run as a batch
+    (see `halo_sql.agents.loop`). Rows with equal inputs share one run.
+    """
+
+    child: PlanNode
+    agent: AgentSpec
+    """The agent with its model resolved."""
+    tools: tuple[ToolSpec, ...]
+    """The tools it may call, as they were defined when the statement was planned."""
+    input_columns: tuple[str, ...]
+    """Columns of the input shown to the agent (all of them; they are also passed through)."""
+
+    @property
+    def children(self) -> tuple[PlanNode, ...]:
+        return (self.child,)
+
+
+@dataclass(frozen=True)
 class StatementPlan:
     """The plan of one statement plus what EXPLAIN needs to know about it."""
 
     root: PlanNode
     notes: tuple[str, ...] = field(default=())
     """Planner decisions worth showing (e.g. why a call runs as a DuckDB function)."""
+    optimizer: Any = field(default=None, compare=False, repr=False)
+    """The optimizer's report (halo_sql.optimizer.OptimizerReport: estimates per operator, rules
+    fired) for EXPLAIN; None for plans the optimizer did not touch."""
 
 
 def explain(plan: PlanNode | StatementPlan) -> str:
@@ -183,6 +211,9 @@ def _explain(node: PlanNode, depth: int, lines: list[str]) -> None:
         lines.append(f"{pad}Project: {list(node.columns)}")
     elif isinstance(node, Limit):
         lines.append(f"{pad}Limit: {node.count}")
+    elif isinstance(node, AgentCall):
+        lines.append(f"{pad}AgentCall: {node.agent.describe()} input={list(node.input_columns)}")
+        lines.extend(f"{pad}  tool {tool.describe()}" for tool in node.tools)
     else:
         lines.append(f"{pad}{type(node).__name__}")
     for child in node.children:
@@ -202,6 +233,8 @@ def explain_consolidated(plans: list[StatementPlan]) -> str:
             uses.setdefault(node, set()).add(index)
             if isinstance(node, LLMFilter | LLMMap):
                 calls.setdefault((type(node).__name__, node.call.describe()), set()).add(index)
+            if isinstance(node, AgentCall):
+                calls.setdefault(("AgentCall", node.agent.describe()), set()).add(index)
             if isinstance(node, DuckDBQuery):
                 for udf in node.udfs:
                     calls.setdefault(("udf", udf.call.describe()), set()).add(index)

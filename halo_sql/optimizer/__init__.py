@@ -1,15 +1,236 @@
-"""The optimizer: rewrites a statement's logical plan before physical planning.
+"""The optimizer: a Cascades search over a statement's logical plan, priced by an LLM cost model.
 
-The engine foundation ships the hook; the Cascades search, the rule files in `optimizer_rules/`
-and the cost model grow behind this one function.
+    plan  = PlanBuilder(...).build(ast, sql)          # the planner's plan (halo_sql.logical)
+    plan  = optimize(plan, context, settings)         # the cheapest equivalent plan found
+
+`optimize` inserts the plan into a memo (`memo.py`), fires the rules of `optimizer_rules/`
+(`rules.py`, helpers in `functions.py`) from the tasks of `search.py`, prices every alternative
+with `cost.py` (constants from a backend profile, statistics from `stats.py`), extracts the
+cheapest plan and finishes it with the Python rules of `finalize.py`. DuckDB plans the SQL of
+every `DuckDBQuery` itself (join order, scan pushdown): to this optimizer a DuckDBQuery is an
+opaque leaf, and rules only move work across its boundary. See docs/optimizer.md.
 """
 
 from __future__ import annotations
 
-from halo_sql.logical.plan import StatementPlan
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from halo_sql.errors import ProgrammingError
+from halo_sql.logical import plan as lp
+from halo_sql.optimizer.cost import Cost, CostModel, OpEstimate, Required
+from halo_sql.optimizer.finalize import finalize
+from halo_sql.optimizer.functions import HELPERS
+from halo_sql.optimizer.rules import Rule, load_registry
+from halo_sql.optimizer.search import DEFAULT_TASK_BUDGET, Search, SearchStats
+from halo_sql.optimizer.stats import NullContext, OptimizerContext, Statistics
+
+__all__ = [
+    "BATCH_DISABLED",
+    "OptimizerReport",
+    "OptimizerSettings",
+    "estimate",
+    "for_batch",
+    "optimize",
+    "rule_names",
+]
 
 
-def optimize(plan: StatementPlan) -> StatementPlan:
-    """The plan to run. Relational-predicates-first and LIMIT early stop are built in by the
-    block planner; this hook is where cost-based rewrites plug in."""
-    return plan
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """What `SET disable_rules` / `SET enable_rules` / `SET optimizer_sample_rows` chose."""
+
+    disabled: frozenset[str] = frozenset()
+    enabled: frozenset[str] = frozenset()
+    """Rules that are off by default (they change answers) switched on."""
+    sample_rows: int | None = None
+    """Rows asked of the model to estimate an LLM predicate's selectivity (None: the context's)."""
+    task_budget: int = DEFAULT_TASK_BUDGET
+
+    def check(self) -> None:
+        known = set(rule_names())
+        unknown = sorted((self.disabled | self.enabled) - known)
+        if unknown:
+            raise ProgrammingError(
+                f"unknown optimizer rule(s) {', '.join(unknown)} "
+                f"(rules: {', '.join(sorted(known))})"
+            )
+
+    @property
+    def all_off(self) -> bool:
+        return set(rule_names()) <= self.disabled
+
+
+@dataclass
+class OptimizerReport:
+    """What the optimizer decided, for EXPLAIN: estimates per operator of the chosen plan."""
+
+    estimates: dict[lp.PlanNode, OpEstimate] = field(default_factory=dict)
+    total: Cost = field(default_factory=Cost)
+    rules: tuple[str, ...] = ()
+    """Rules whose rewrites are part of the chosen plan."""
+    groups: int = 0
+    expressions: int = 0
+    search: SearchStats = field(default_factory=SearchStats)
+    sampled_requests: int = 0
+    seconds: float = 0.0
+    models: tuple[str, ...] = ()
+
+
+BATCH_DISABLED = frozenset({"push_filter_into_input", "push_limit_into_input", "prune_input_columns"})
+"""Rules that specialise a named input to one query. In a batch, equal sub-plans of different
+queries run once (the executor's SubplanCache); these rules would make them differ, so a batch
+plans without them (choosing between sharing and pushdown by cost is not implemented)."""
+
+
+def for_batch(settings: OptimizerSettings) -> OptimizerSettings:
+    """The settings for planning one query of a batch (see BATCH_DISABLED)."""
+    return replace(settings, disabled=settings.disabled | BATCH_DISABLED)
+
+
+def rule_names() -> tuple[str, ...]:
+    """Every rule name, in registry order (rule files, then rules written in Python)."""
+    return load_registry().names
+
+
+def rules_in_force(settings: OptimizerSettings) -> tuple[Rule, ...]:
+    return tuple(
+        rule
+        for rule in load_registry().rules
+        if rule.name not in settings.disabled
+        and (not rule.off_by_default or rule.name in settings.enabled)
+    )
+
+
+def optimize(
+    plan: lp.StatementPlan,
+    context: OptimizerContext | None = None,
+    settings: OptimizerSettings | None = None,
+) -> lp.StatementPlan:
+    """The cheapest plan equivalent to `plan` that the rules in force can reach.
+
+    Plans without LLM operators are returned as they are: DuckDB optimizes them itself.
+    """
+    settings = settings or OptimizerSettings()
+    settings.check()
+    began = time.perf_counter()
+    context = context or NullContext()
+    if settings.sample_rows is not None:
+        context = _WithSampleRows(context, settings.sample_rows)
+    if _plain(plan.root):
+        return plan
+    try:
+        return _optimize(plan, context, settings, began)
+    except Exception as exc:  # the planner's plan is correct: never fail a statement here
+        if os.environ.get("HALO_OPTIMIZER_STRICT"):
+            raise
+        return replace(plan, notes=(*plan.notes, f"optimizer skipped ({type(exc).__name__}: {exc})"))
+
+
+def _optimize(
+    plan: lp.StatementPlan, context: OptimizerContext, settings: OptimizerSettings, began: float
+) -> lp.StatementPlan:
+    stats = Statistics(context)
+    if stats.sample_rows and _llm_predicates(plan.root) < 2:
+        stats.sample_rows = 0  # the choice of plan does not depend on selectivities
+    search = Search(rules_in_force(settings), HELPERS, CostModel(stats), task_budget=settings.task_budget)
+    search.context.extra = stats  # type: ignore[attr-defined]
+    root = search.optimize(plan.root)
+    chosen = search.extract(root, Required())
+    tree = search.winner_tree(root, Required())
+    estimates: dict[lp.PlanNode, OpEstimate] = {}
+    lineage: set[str] = set()
+    extracted = _extracted_nodes(search, root)
+    for expr, req, _winner in tree:
+        node = extracted.get((expr.group, req))
+        if node is not None:
+            estimates.setdefault(node, search.local(expr, req))
+        lineage |= expr.lineage
+    share = "share_identical_subplans" not in settings.disabled
+    final, translate = finalize(chosen, share=share)
+    if share and final != chosen and _shared(chosen, final):
+        lineage.add("share_identical_subplans")
+    report = OptimizerReport(
+        estimates={translate.get(n, n): e for n, e in estimates.items()},
+        total=search.memo.group(root).winners[Required()].cost,
+        rules=tuple(sorted(lineage)),
+        groups=len(search.memo.groups),
+        expressions=search.memo.expression_count,
+        search=search.stats,
+        sampled_requests=stats.sampled_requests,
+        models=tuple(sorted({n.call.model for n in final.walk() if isinstance(n, lp.LLMFilter | lp.LLMMap)})),
+    )
+    report.seconds = time.perf_counter() - began
+    return replace(plan, root=final, optimizer=report)
+
+
+def estimate(plan: lp.PlanNode, context: OptimizerContext | None = None) -> Cost:
+    """The cost model's price of `plan` exactly as given (no rules): for comparing plans."""
+    stats = Statistics(context or NullContext())
+    stats.sample_rows = 0
+    search = Search((), HELPERS, CostModel(stats))
+    root = search.optimize(plan)
+    cost: Cost = search.memo.group(root).winners[Required()].cost
+    return cost
+
+
+def _extracted_nodes(search: Search, root: int) -> dict[tuple[int, Required], lp.PlanNode]:
+    """(group, required) -> the node `extract` built for it (same interning, same objects)."""
+    out: dict[tuple[int, Required], lp.PlanNode] = {}
+    interned: dict[lp.PlanNode, lp.PlanNode] = {}
+
+    def build(g: int, req: Required) -> lp.PlanNode:
+        if (g, req) not in out:
+            winner = search.memo.group(g).winners[req]
+            children = tuple(
+                build(c.group, r)  # type: ignore[attr-defined]
+                for c, r in zip(winner.expr.node.children, winner.child_props, strict=True)
+            )
+            from halo_sql.optimizer.memo import with_children
+
+            node = with_children(winner.expr.node, children)
+            out[(g, req)] = interned.setdefault(node, node)
+        return out[(g, req)]
+
+    build(root, Required())
+    return out
+
+
+def _shared(before: lp.PlanNode, after: lp.PlanNode) -> bool:
+    def names(node: lp.PlanNode) -> set[str]:
+        return {i.name for n in node.walk() if isinstance(n, lp.DuckDBQuery) for i in n.inputs}
+
+    return len(names(after)) < len(names(before))
+
+
+def _plain(root: lp.PlanNode) -> bool:
+    return isinstance(root, lp.DuckDBQuery) and not root.inputs and not root.udfs
+
+
+def _llm_predicates(root: lp.PlanNode) -> int:
+    count = 0
+    for node in root.walk():
+        if isinstance(node, lp.LLMFilter):
+            count += 1
+        elif isinstance(node, lp.SQLFilter) and "__llm_" in node.predicate:
+            count += 1
+    return count
+
+
+class _WithSampleRows:
+    """A context with another sample size (SET optimizer_sample_rows)."""
+
+    def __init__(self, base: OptimizerContext, sample_rows: int) -> None:
+        self._base = base
+        self.sample_rows = sample_rows
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._base, name)
+
+
+def parse_rule_list(value: str | Iterable[str]) -> frozenset[str]:
+    """'a, b' -> {'a', 'b'} (names are case-insensitive; empty items ignored)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return frozenset(i.strip().lower() for i in items if i.strip())

@@ -14,9 +14,9 @@ from typing import Any
 
 from lark import Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import TokenError
 from sqlglot.tokens import TokenType
-from sqlglot.dialects.duckdb import DuckDB
 
 from halo_sql.errors import ParseError, SourceLocation
 from halo_sql.parser.grammars import grammar
@@ -51,7 +51,50 @@ class ShowModels:
     pass
 
 
-OwnStatement = CreateModel | DropModel | ShowModels
+@dataclass(frozen=True)
+class CreateAgent:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    replace: bool = False
+    if_not_exists: bool = False
+
+
+@dataclass(frozen=True)
+class DropAgent:
+    name: str
+    if_exists: bool = False
+
+
+@dataclass(frozen=True)
+class ShowAgents:
+    pass
+
+
+@dataclass(frozen=True)
+class CreateTool:
+    name: str
+    kind: str
+    """sql, python or http."""
+    target: str
+    """The query, 'module:function' or URL."""
+    options: dict[str, Any] = field(default_factory=dict)
+    replace: bool = False
+    if_not_exists: bool = False
+
+
+@dataclass(frozen=True)
+class DropTool:
+    name: str
+    if_exists: bool = False
+
+
+@dataclass(frozen=True)
+class ShowTools:
+    pass
+
+
+AgentStatement = CreateAgent | DropAgent | ShowAgents | CreateTool | DropTool | ShowTools
+OwnStatement = CreateModel | DropModel | ShowModels | AgentStatement
 
 _OWN = re.compile(
     r"^\s*(CREATE\s+(OR\s+REPLACE\s+)?(MODEL|AGENT|TOOL)\b|DROP\s+(MODEL|AGENT|TOOL)\b|"
@@ -128,7 +171,7 @@ class _ToStatement(Transformer):  # type: ignore[type-arg]
     def bare_word(self, items: list[str]) -> str:
         return items[0]
 
-    def list(self, items: list[Any]) -> list[Any]:
+    def value_list(self, items: list[Any]) -> list[Any]:
         return [i for i in items if i is not None] if items != [None] else []
 
     @v_args(inline=True)
@@ -160,27 +203,68 @@ class _ToStatement(Transformer):  # type: ignore[type-arg]
     def show_models(self, _: list[Any]) -> ShowModels:
         return ShowModels()
 
+    def create_agent(self, items: list[Any]) -> CreateAgent:
+        flags = {i for i in items if i in ("or_replace", "if_not_exists")}
+        rest = [i for i in items if i not in ("or_replace", "if_not_exists")]
+        return CreateAgent(rest[0], rest[1], "or_replace" in flags, "if_not_exists" in flags)
+
+    def drop_agent(self, items: list[Any]) -> DropAgent:
+        return DropAgent(items[-1], if_exists="if_exists" in items)
+
+    def show_agents(self, _: list[Any]) -> ShowAgents:
+        return ShowAgents()
+
+    def create_tool(self, items: list[Any]) -> CreateTool:
+        flags = {i for i in items if i in ("or_replace", "if_not_exists")}
+        rest = [i for i in items if i not in ("or_replace", "if_not_exists")]
+        name, kind, target = rest[0], rest[1], rest[2]
+        options = rest[3] if len(rest) > 3 else {}
+        return CreateTool(name, kind.lower(), target, options, "or_replace" in flags,
+                          "if_not_exists" in flags)
+
+    def drop_tool(self, items: list[Any]) -> DropTool:
+        return DropTool(items[-1], if_exists="if_exists" in items)
+
+    def show_tools(self, _: list[Any]) -> ShowTools:
+        return ShowTools()
+
 
 def parse_own_statement(text: str, *, line: int = 1, column: int = 1) -> OwnStatement:
-    """Parse CREATE/DROP/SHOW MODEL statements; errors name the line and column."""
+    """Parse CREATE/DROP/SHOW MODEL, AGENT and TOOL statements; errors name the line and column."""
     try:
         tree = grammar("statements").parse(text)
     except UnexpectedInput as exc:
-        at_line = line + exc.line - 1 if exc.line and exc.line > 0 else line
-        at_col = (column + exc.column - 1 if exc.line == 1 else exc.column) if exc.column else column
-        if isinstance(exc, UnexpectedEOF) or (
+        at_end = isinstance(exc, UnexpectedEOF) or (
             isinstance(exc, UnexpectedToken) and exc.token.type == "$END"
-        ):
+        )
+        # Where the statement ends, or where the offending input starts (lark's line/column of
+        # an end-of-input error is the last token's, not the end's).
+        offset = len(text.rstrip()) if at_end else getattr(exc, "pos_in_stream", None)
+        if offset is None:
+            offset = len(text.rstrip())
+        before = text[:offset]
+        at_line = line + before.count("\n")
+        at_col = offset - (before.rfind("\n") + 1) + (column if at_line == line else 1)
+        if at_end:
             what = "unexpected end of statement"
         elif isinstance(exc, UnexpectedToken):
             what = f"unexpected {str(exc.token)!r}"
         elif isinstance(exc, UnexpectedCharacters):
-            what = f"unexpected character {text[exc.pos_in_stream]!r}"
+            what = f"unexpected character {text[offset]!r}"
         else:
             what = "syntax error"
         hint = (
             "expected e.g. CREATE MODEL name USING vllm WITH (model => 'path'), "
             "DROP MODEL name, SHOW MODELS"
         )
+        kind = _OWN.match(_strip_comments(text))
+        if kind and re.search(r"\bAGENTS?\b", kind.group(0), re.I):
+            hint = ("expected e.g. CREATE AGENT name WITH (instructions => '...', "
+                    "tools => [tool], max_steps => 4, output => 'VARCHAR'), DROP AGENT name, "
+                    "SHOW AGENTS")
+        elif kind and re.search(r"\bTOOLS?\b", kind.group(0), re.I):
+            hint = ("expected e.g. CREATE TOOL name AS SQL 'SELECT ... WHERE k = :k' "
+                    "[WITH (parameters => '{\"k\": \"integer\"}')], CREATE TOOL name AS PYTHON "
+                    "'module:function', CREATE TOOL name AS HTTP 'http://host/path', DROP TOOL name")
         raise ParseError(f"{what}; {hint}", location=SourceLocation(at_line, max(1, at_col))) from None
     return _ToStatement().transform(tree)  # type: ignore[no-any-return]

@@ -16,6 +16,7 @@ instruction keeps its static text first, with slots shown as `[name]`, and the v
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from lark.exceptions import UnexpectedInput
 
 from halo_sql.errors import ParseError, SourceLocation
 from halo_sql.parser.grammars import grammar
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class Slot:
     name: str
 
     def __str__(self) -> str:
-        return f"{self.qualifier}.{self.name}" if self.qualifier else self.name
+        name = _quote(self.name)
+        return f"{_quote(self.qualifier)}.{name}" if self.qualifier else name
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,11 @@ def parse_template(text: str, *, location: SourceLocation | None = None) -> Prom
         else:
             parts.append(piece)
     return PromptTemplate(tuple(parts))
+
+
+def _quote(name: str) -> str:
+    """A slot name as the grammar reads it back: quoted unless it is a plain identifier."""
+    return name if _IDENTIFIER.fullmatch(name) else f'"{name}"'
 
 
 def _unquote(token: Token) -> str:

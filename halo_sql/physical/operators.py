@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from halo_sql.agents.spec import AgentSpec, ToolSpec
 from halo_sql.logical.llm_call import LLMCall
 from halo_sql.logical.plan import LLMUdf
 
@@ -89,6 +90,22 @@ class ProjectOp(PhysicalOp):
 class LimitOp(PhysicalOp):
     child: PhysicalOp
     count: int
+
+    @property
+    def children(self) -> tuple[PhysicalOp, ...]:
+        return (self.child,)
+
+
+@dataclass(frozen=True)
+class AgentLoop(PhysicalOp):
+    """Reads all input rows, then runs their agents step by step (halo_sql.agents.loop)."""
+
+    child: PhysicalOp
+    agent: AgentSpec
+    tools: tuple[ToolSpec, ...]
+    input_columns: tuple[str, ...]
+    batch_rows: int
+    """Rows per output batch."""
 
     @property
     def children(self) -> tuple[PhysicalOp, ...]:

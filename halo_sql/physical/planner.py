@@ -64,3 +64,9 @@ def _(node: lp.Project, settings: PhysicalSettings, memo: dict[int, po.PhysicalO
 @to_physical.register
 def _(node: lp.Limit, settings: PhysicalSettings, memo: dict[int, po.PhysicalOp]) -> po.PhysicalOp:
     return po.LimitOp(_convert(node.child, settings, memo), node.count)
+
+
+@to_physical.register
+def _(node: lp.AgentCall, settings: PhysicalSettings, memo: dict[int, po.PhysicalOp]) -> po.PhysicalOp:
+    child = _convert(node.child, settings, memo)
+    return po.AgentLoop(child, node.agent, node.tools, node.input_columns, settings.llm_batch_rows)

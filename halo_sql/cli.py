@@ -1,0 +1,164 @@
+"""The `halo-sql` command: the SQL shell by default, plus subcommands.
+
+    halo-sql [DATABASE] [--model M] [--backend vllm|sim] [-c SQL] [-f FILE]   # the shell
+    halo-sql shell [DATABASE] ...                                            # the same, spelled out
+    halo-sql make-tiny-model DIR                                             # test model files
+
+A subcommand is one `Command` entry in `COMMANDS` (a name, a one-line help, a function that adds
+its arguments to an argparse parser, and one that runs it and returns the exit status); the first
+argument picks it, anything else goes to the shell. A database file whose name equals a command
+is opened with `halo-sql shell NAME` (or `./NAME`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand of `halo-sql`."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# -- shell ---------------------------------------------------------------------------------------
+class _Script(argparse.Action):
+    """-c and -f append to one list, so they run in the order given."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        scripts = list(getattr(namespace, "scripts", None) or [])
+        scripts.append(("sql" if option_string == "-c" else "file", str(values)))
+        namespace.scripts = scripts
+
+
+def _model_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def _configure_shell(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("database", nargs="?", default=":memory:", metavar="DATABASE",
+                        help="DuckDB database file (default: in-memory)")
+    parser.add_argument("--model", help="default model: a directory or hub id ($HALO_MODEL)")
+    parser.add_argument("--backend", choices=("vllm", "sim"),
+                        help="backend of the default model ($HALO_BACKEND; vllm when --model is given)")
+    parser.add_argument("--model-option", dest="model_options", action="append", default=[],
+                        type=_model_option, metavar="KEY=VALUE",
+                        help="engine option of the default model, e.g. max_model_len=4096 (repeatable)")
+    parser.add_argument("-c", metavar="SQL", action=_Script, dest="scripts",
+                        help="run SQL (statements and dot-commands) and exit (repeatable)")
+    parser.add_argument("-f", metavar="FILE", action=_Script, dest="scripts",
+                        help="run the statements in FILE and exit (repeatable)")
+    parser.add_argument("--mode", choices=("table", "csv", "json"), default="table",
+                        help="result format (default: table)")
+    parser.add_argument("--read-only", action="store_true", help="open the database read-only")
+
+
+def _run_shell(args: argparse.Namespace) -> int:
+    try:
+        from halo_sql.frontends import shell
+    except ImportError as exc:
+        print(f"Error: the shell needs prompt_toolkit and rich ({exc}); "
+              "pip install 'halo-sql[shell]'", file=sys.stderr)
+        return 1
+    from halo_sql.errors import HaloError
+    from halo_sql.llm.registry import shutdown_all
+    from halo_sql.session import Session
+
+    try:
+        session = Session(
+            args.database,
+            model=args.model,
+            backend=args.backend,
+            model_options=dict(args.model_options),
+            read_only=args.read_only,
+        )
+    except HaloError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return shell.run(session, scripts=args.scripts, mode=args.mode)
+    finally:
+        shutdown_all()
+        session.connection.close()
+
+
+# -- make-tiny-model -----------------------------------------------------------------------------
+def _configure_tiny_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="where to write the model files")
+    parser.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
+
+
+def _run_tiny_model(args: argparse.Namespace) -> int:
+    try:
+        from halo_sql.llm.tiny_model import write_tiny_model
+
+        path = write_tiny_model(args.directory, seed=args.seed)
+    except ImportError as exc:
+        print(f"Error: make-tiny-model needs torch and transformers ({exc}); "
+              "pip install 'halo-sql[cpu]'", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"Error: cannot write {args.directory}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("shell", "the SQL shell (the default command)", _configure_shell, _run_shell),
+        Command("make-tiny-model", "write a tiny random-weight model (for tests and dry runs)",
+                _configure_tiny_model, _run_tiny_model),
+    )
+}
+"""Subcommands by name; add `calibrate`, `serve`, `bench` here."""
+
+
+def _parser(command: Command, *, default: bool) -> argparse.ArgumentParser:
+    others = "\n".join(f"  {c.name:<18}{c.help}" for c in COMMANDS.values())
+    parser = argparse.ArgumentParser(
+        prog="halo-sql" if default else f"halo-sql {command.name}",
+        description="halo-sql: SQL over DuckDB with LLM functions." if default else command.help,
+        epilog=f"commands (halo-sql COMMAND --help):\n{others}" if default else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if default:
+        from halo_sql import __version__
+
+        parser.add_argument("--version", action="version", version=f"halo-sql {__version__}")
+    command.configure(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `halo-sql` console script; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in COMMANDS:
+        command = COMMANDS[arguments.pop(0)]
+        parser = _parser(command, default=False)
+    else:
+        command = COMMANDS["shell"]
+        parser = _parser(command, default=True)
+    args = parser.parse_args(arguments)
+    return command.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""The cost model: what a plan costs in model work (prefill, decode, cache) and seconds.
+
+For an LLM operator that processes `r` rows (after early stop, see below):
+
+    requests  = r · live · distinct          (NULL slots send nothing; equal prompts go once)
+    prompt    = requests · tokens_per_prompt
+    cached    = (requests - 1) · cached_prefix (static prefix + sorted-neighbour sharing, whole
+                blocks only; 0 when an identical call below already answered every request)
+    prefill   = (prompt - cached) / prefill_tokens_per_s
+              + requests · ½·L·(L+1) · attention_token_step_s     (L = computed tokens/request)
+    decode    = waves · output_tokens · decode_step(batch),  batch = min(max_batch,
+                KV-cache tokens / (prompt + output tokens), requests),  waves = requests / batch
+    seconds   = prefill + decode + requests · request_overhead + calls · call_overhead
+
+Relational operators cost a few nanoseconds per cell, so among plans with equal model work the
+one that moves less data wins (pushdowns into DuckDB, pruned columns).
+
+Early stop: a plan is costed for a *required* number of output rows (`need`, None = all). A
+LIMIT needs `n`; a filter passes `need / selectivity` down; a map or projection passes `need`;
+the operators work in batches, so what they process is `need` rounded up to their batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from halo_sql.llm.base import OutputKind
+from halo_sql.logical import plan as lp
+from halo_sql.logical.llm_call import LLMCall
+from halo_sql.optimizer import sqltools
+from halo_sql.optimizer.memo import GroupRef, Memo
+from halo_sql.optimizer.profile import BackendProfile
+from halo_sql.optimizer.stats import PromptStats, Statistics
+
+DEFAULT_ROWS = 1000.0
+"""Rows assumed for a relation whose size the optimizer cannot ask DuckDB for."""
+DEFAULT_PREDICATE_SELECTIVITY = 1 / 3
+DUCKDB_CELL_S = 2e-9
+ARROW_CELL_S = 1e-9
+BATCH_FILTER_ROW_S = 5e-7
+BATCH_FILTER_CALL_S = 2e-4
+LLM_BATCH_ROWS = 1024
+"""Rows an LLM operator turns into prompts per runtime call (PhysicalSettings.llm_batch_rows)."""
+HINT_CHUNK_ROWS = 8
+"""Smallest chunk of an LLM filter with a limit hint."""
+OPERATOR_S = 1e-6
+"""Fixed cost of an operator: among plans doing the same work, fewer operators win."""
+SQL_CHAR_S = 1e-9
+"""Per character of SQL DuckDB parses and plans: breaks ties towards simpler SQL."""
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Additive cost of a plan or an operator."""
+
+    seconds: float = 0.0
+    requests: float = 0.0
+    prompt_tokens: float = 0.0
+    cached_tokens: float = 0.0
+    output_tokens: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            self.seconds + other.seconds,
+            self.requests + other.requests,
+            self.prompt_tokens + other.prompt_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.output_tokens + other.output_tokens,
+        )
+
+    @property
+    def computed_tokens(self) -> float:
+        """Prompt tokens the model actually prefilled (not served from the prefix cache)."""
+        return self.prompt_tokens - self.cached_tokens
+
+
+ZERO = Cost()
+
+
+@dataclass(frozen=True)
+class Required:
+    """Required physical properties of a group's plan: how many output rows the consumer pulls
+    (None: all of them). Winners are kept per (group, Required)."""
+
+    need: int | None = None
+
+
+@dataclass
+class LogicalProps:
+    """Properties every plan of a group shares."""
+
+    columns: tuple[str, ...] | None
+    rows: float
+    source: str | None = None
+    """SQL of the relational source at the bottom of this group's operator chain (sampling)."""
+    llm_columns: dict[str, tuple[LLMCall, tuple[str, ...]]] = field(default_factory=dict)
+    """Columns holding an LLM call's answers (an equal call above is answered from memo)."""
+    llm_columns_by_call: dict[tuple[LLMCall, tuple[str, ...]], str] = field(default_factory=dict)
+    predicates: frozenset[str] = frozenset()
+    """Relational predicates every row already satisfies (a filter repeating one is a no-op)."""
+
+
+@dataclass(frozen=True)
+class OpEstimate:
+    """What the cost model expects of one operator (EXPLAIN prints it)."""
+
+    rows: float
+    """Rows it outputs under its required properties."""
+    processed: float
+    """Rows it reads (and, for LLM operators, turns into requests before deduplication)."""
+    cost: Cost
+    note: str = ""
+
+
+class CostModel:
+    """Derives logical properties and costs group expressions (see the module docstring)."""
+
+    def __init__(self, stats: Statistics) -> None:
+        self.stats = stats
+
+    # -- logical properties ----------------------------------------------------------------
+    def derive(self, node: lp.PlanNode, memo: Memo) -> LogicalProps:
+        if isinstance(node, lp.DuckDBQuery):
+            return self._derive_query(node, memo)
+        child = self._child(node, memo)
+        if isinstance(node, lp.LLMFilter):
+            sel = self.stats.llm_selectivity(node.call, child.source, node.arguments)
+            return _like(child, rows=child.rows * sel)
+        if isinstance(node, lp.LLMMap):
+            props = _like(child, columns=_plus(child.columns, node.output_column))
+            key = (node.call, node.arguments)
+            props.llm_columns = {**child.llm_columns, node.output_column: key}
+            props.llm_columns_by_call = {key: node.output_column, **child.llm_columns_by_call}
+            return props
+        if isinstance(node, lp.SQLFilter):
+            if node.predicate in child.predicates:
+                return _like(child)
+            rows = child.rows * self.sql_selectivity(node.predicate, child)
+            source = child.source
+            columns = sqltools.predicate_columns(node.predicate) or set()
+            if source is not None and not columns & set(child.llm_columns):
+                # The filtered rows are still a relational query: later estimates see them.
+                source = sqltools.wrap_where(source, node.predicate)
+            return _like(child, rows=rows, source=source, predicates=child.predicates | {node.predicate})
+        if isinstance(node, lp.Project):
+            props = _like(child, columns=tuple(node.columns))
+            props.llm_columns = {c: k for c, k in child.llm_columns.items() if c in node.columns}
+            props.llm_columns_by_call = {k: c for c, k in props.llm_columns.items()}
+            return props
+        if isinstance(node, lp.Limit):
+            return _like(child, rows=min(float(node.count), child.rows))
+        return _like(child)
+
+    def _derive_query(self, node: lp.DuckDBQuery, memo: Memo) -> LogicalProps:
+        columns = sqltools.output_columns(node.sql)
+        if not node.inputs and not node.udfs:
+            if columns is None:
+                columns = self.stats.columns(node.sql)
+            rows = self.stats.row_count(node.sql)
+            return LogicalProps(columns, float(rows) if rows is not None else DEFAULT_ROWS, node.sql)
+        inputs = [memo.group(i.plan.group).logical for i in node.inputs if isinstance(i.plan, GroupRef)]
+        base = max((p.rows for p in inputs), default=DEFAULT_ROWS)
+        return LogicalProps(columns, _shape_rows(node.sql, base), None)
+
+    def _child(self, node: lp.PlanNode, memo: Memo) -> LogicalProps:
+        (child,) = node.children
+        assert isinstance(child, GroupRef)
+        props: LogicalProps = memo.group(child.group).logical
+        return props
+
+    def sql_selectivity(self, predicate: str, child: LogicalProps) -> float:
+        """Exact over a relational source; by output type over LLM answers; else 1/3."""
+        columns = sqltools.predicate_columns(predicate) or set()
+        llm = [child.llm_columns[c] for c in columns if c in child.llm_columns]
+        if not llm and child.source is not None:
+            value = self.stats.filter_selectivity(child.source, predicate)
+            if value is not None:
+                return max(value, 1e-6)
+        if len(llm) == 1:
+            call = llm[0][0]
+            if call.output.kind is OutputKind.CHOICE and call.output.labels:
+                return 1.0 / len(call.output.labels)
+            if call.output.kind is OutputKind.BOOLEAN:
+                return 0.5
+        return DEFAULT_PREDICATE_SELECTIVITY
+
+    # -- required properties ----------------------------------------------------------------
+    def child_required(
+        self, node: lp.PlanNode, required: Required, memo: Memo, group: int
+    ) -> tuple[Required, ...]:
+        """What each child must deliver for `node` (in `group`) to deliver `required`."""
+        if isinstance(node, lp.DuckDBQuery):
+            return tuple(Required() for _ in node.inputs)  # inputs are materialized whole
+        child = self._child(node, memo)
+        pulled = self._pulled(node, required, child, memo.group(group).logical)
+        return (Required(_round_need(pulled, child.rows) if pulled is not None else None),)
+
+    def _pulled(
+        self, node: lp.PlanNode, required: Required, child: LogicalProps, own: LogicalProps
+    ) -> float | None:
+        """Rows `node` pulls from its child to deliver `required` (None: all of them).
+
+        Operators work in batches: an LLM map answers whole slices of 1024 rows, an LLM filter
+        too unless a limit hint makes it work in small chunks sized by the selectivity.
+        """
+        need = required.need
+        if isinstance(node, lp.Limit):
+            return float(node.count if need is None else min(need, node.count))
+        if need is None:
+            return None
+        if isinstance(node, lp.LLMFilter | lp.SQLFilter):
+            sel = own.rows / child.rows if child.rows > 0 else 1.0
+            wanted = need / max(sel, 1e-3)
+            if isinstance(node, lp.LLMFilter):
+                chunk = HINT_CHUNK_ROWS if node.limit_hint is not None else LLM_BATCH_ROWS
+                wanted = _ceil_to(wanted, chunk)
+            return min(wanted, child.rows)
+        if isinstance(node, lp.LLMMap):
+            return min(_ceil_to(need, LLM_BATCH_ROWS), child.rows)
+        return min(float(need), child.rows)
+
+    # -- local cost -------------------------------------------------------------------------
+    def local(self, node: lp.PlanNode, required: Required, memo: Memo, group: int) -> OpEstimate:
+        own: LogicalProps = memo.group(group).logical
+        rows_out = own.rows if required.need is None else min(own.rows, float(required.need))
+        width = len(own.columns) if own.columns is not None else 8
+        if isinstance(node, lp.DuckDBQuery):
+            inputs = 0.0
+            for named in node.inputs:
+                if isinstance(named.plan, GroupRef):
+                    p = memo.group(named.plan.group).logical
+                    inputs += p.rows * (len(p.columns) if p.columns else 8)
+            seconds = (own.rows * width + inputs) * DUCKDB_CELL_S + len(node.sql) * SQL_CHAR_S
+            cost = Cost(seconds + OPERATOR_S) + self._udf_cost(node, own)
+            return OpEstimate(rows_out, own.rows, cost)
+        child = self._child(node, memo)
+        pulled = self._pulled(node, required, child, own)
+        processed = child.rows if pulled is None else pulled
+        estimate = self._local_unary(node, child, processed, rows_out, width)
+        return replace(estimate, cost=estimate.cost + Cost(OPERATOR_S))
+
+    def _local_unary(
+        self, node: lp.PlanNode, child: LogicalProps, processed: float, rows_out: float, width: int
+    ) -> OpEstimate:
+        if isinstance(node, lp.LLMFilter | lp.LLMMap):
+            key = (node.call, node.arguments)
+            if key in child.llm_columns_by_call:
+                # An identical call below answered these rows: the statement's memo serves them.
+                return OpEstimate(rows_out, processed, Cost(processed * ARROW_CELL_S), "memo")
+            cost = self.llm_cost(node.call, node.arguments, child, processed)
+            return OpEstimate(rows_out, processed, cost)
+        if isinstance(node, lp.SQLFilter):
+            batches = max(1.0, math.ceil(processed / 2048))
+            seconds = processed * BATCH_FILTER_ROW_S + batches * BATCH_FILTER_CALL_S
+            return OpEstimate(rows_out, processed, Cost(seconds))
+        if isinstance(node, lp.Project):
+            # Dropping columns is free (Arrow slices); narrower rows make everything above cheaper.
+            return OpEstimate(rows_out, processed, Cost(processed * width * ARROW_CELL_S))
+        return OpEstimate(rows_out, processed, ZERO)
+
+    def llm_cost(
+        self, call: LLMCall, args: tuple[str, ...], child: LogicalProps, rows: float
+    ) -> Cost:
+        """Cost of asking `call` about `rows` rows of `child`."""
+        arg = self.stats.arg_stats(child.source, args)
+        requests = rows * arg.live_fraction * arg.distinct_fraction if args else min(rows, 1.0)
+        if requests <= 0:
+            return ZERO
+        prompt = self.stats.prompt_stats(call, child.source, args)
+        profile = self.stats.context.profile(call.model)
+        return request_cost(requests, prompt, profile)
+
+    def _udf_cost(self, node: lp.DuckDBQuery, own: LogicalProps) -> Cost:
+        """LLM functions DuckDB calls itself: one request per row (aggregates: per group)."""
+        total = ZERO
+        for udf in node.udfs:
+            rows = max(1.0, math.sqrt(own.rows)) if udf.aggregate else own.rows
+            prompt = self.stats.prompt_stats(udf.call, None, ())
+            if udf.aggregate:
+                prompt = PromptStats(prompt.prompt_tokens * 8, prompt.cached_tokens, prompt.output_tokens)
+            total = total + request_cost(rows, prompt, self.stats.context.profile(udf.call.model))
+        return total
+
+
+def request_cost(requests: float, prompt: PromptStats, profile: BackendProfile) -> Cost:
+    """Prefill, decode and overheads of `requests` requests shaped like `prompt`."""
+    prompt_tokens = requests * prompt.prompt_tokens
+    cached = max(0.0, requests - 1) * prompt.cached_tokens
+    computed = prompt_tokens - cached
+    per_request = prompt.prompt_tokens - prompt.cached_tokens
+    prefill = computed / profile.prefill_tokens_per_s
+    attention = requests * 0.5 * per_request * (per_request + 1) * profile.attention_token_step_s
+    per_seq = prompt.prompt_tokens + prompt.output_tokens
+    batch = max(1.0, min(float(profile.max_batch), profile.kv_cache_tokens / max(per_seq, 1.0), requests))
+    waves = math.ceil(requests / batch)
+    decode = waves * prompt.output_tokens * profile.decode_step(batch)
+    calls = math.ceil(requests / LLM_BATCH_ROWS)
+    seconds = (
+        prefill + attention + decode + requests * profile.request_overhead_s
+        + calls * profile.call_overhead_s
+    )
+    return Cost(seconds, requests, prompt_tokens, cached, requests * prompt.output_tokens)
+
+
+def _like(base: LogicalProps, **changes: Any) -> LogicalProps:
+    props = LogicalProps(
+        base.columns,
+        base.rows,
+        base.source,
+        dict(base.llm_columns),
+        dict(base.llm_columns_by_call),
+        base.predicates,
+    )
+    for key, value in changes.items():
+        setattr(props, key, value)
+    return props
+
+
+def _plus(columns: tuple[str, ...] | None, extra: str) -> tuple[str, ...] | None:
+    return None if columns is None else (*columns, extra)
+
+
+def _ceil_to(value: float, granularity: int) -> float:
+    return float(math.ceil(value / granularity) * granularity)
+
+
+def _round_need(value: float, rows: float) -> int | None:
+    """Needs at or above the input size are 'all' (None): fewer distinct winners."""
+    if value >= rows:
+        return None
+    return max(1, math.ceil(value))
+
+
+def _shape_rows(sql: str, base: float) -> float:
+    """Rows of a query over inputs, from its shape (it cannot run before its inputs exist)."""
+    tree = sqltools.parse(sql)
+    if tree is None:
+        return base
+    from sqlglot import exp
+
+    rows = base
+    select = tree if isinstance(tree, exp.Select) else None
+    if select is not None:
+        if select.args.get("where"):
+            rows *= DEFAULT_PREDICATE_SELECTIVITY
+        if select.args.get("group"):
+            rows = max(1.0, math.sqrt(rows))
+        elif any(isinstance(n, exp.AggFunc) for p in select.expressions for n in p.walk()):
+            rows = 1.0
+        limit = select.args.get("limit")
+        if limit is not None and isinstance(limit.expression, exp.Literal):
+            try:
+                rows = min(rows, float(limit.expression.this))
+            except ValueError:
+                pass
+    return rows

@@ -1,0 +1,280 @@
+"""Named Python functions that rule files call in `where` conditions and `replace` terms.
+
+Every helper takes the rule context first (the memo's groups and the statement's statistics),
+then the rule's arguments. A replacement helper returns None to decline (the rule does not fire).
+
+    >>> uses_column(None, '"__llm_1" = \\'spam\\'', "__llm_1")
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from halo_sql.logical import plan as lp
+from halo_sql.optimizer import sqltools
+from halo_sql.optimizer.memo import GroupRef
+from halo_sql.optimizer.rules import RuleContext
+
+HELPERS: dict[str, Callable[..., Any]] = {}
+
+
+def helper(function: Callable[..., Any]) -> Callable[..., Any]:
+    HELPERS[function.__name__] = function
+    return function
+
+
+# -- small conditions --------------------------------------------------------------------------
+
+
+@helper
+def uses_column(ctx: RuleContext | None, predicate: str, column: str) -> bool:
+    """The predicate reads `column` (unparsable predicates count as reading everything)."""
+    columns = sqltools.predicate_columns(predicate)
+    return columns is None or column in columns
+
+
+@helper
+def contains(ctx: RuleContext, items: tuple[Any, ...], item: Any) -> bool:
+    return item in items
+
+
+@helper
+def movable(ctx: RuleContext, predicate: str) -> bool:
+    """The predicate can run anywhere its columns exist (no subquery, volatile or LLM function)."""
+    return sqltools.movable_predicate_sql(predicate)
+
+
+@helper
+def smaller(ctx: RuleContext, a: int, b: int) -> int:
+    return min(a, b)
+
+
+@helper
+def wrap_where(ctx: RuleContext, sql: str, predicate: str) -> str:
+    return sqltools.wrap_where(sql, predicate)
+
+
+@helper
+def wrap_limit(ctx: RuleContext, sql: str, count: int) -> str:
+    return sqltools.wrap_limit(sql, count)
+
+
+@helper
+def narrow_select(ctx: RuleContext, sql: str, columns: tuple[str, ...]) -> str | None:
+    return sqltools.narrow_select(sql, columns)
+
+
+# -- projection pruning --------------------------------------------------------------------------
+
+
+def _columns(ctx: RuleContext, ref: Any) -> tuple[str, ...] | None:
+    if isinstance(ref, GroupRef):
+        columns: tuple[str, ...] | None = ctx.logical(ref.group).columns
+        return columns
+    return None
+
+
+@helper
+def needed_below(ctx: RuleContext, columns: tuple[str, ...], node: lp.PlanNode) -> tuple[str, ...] | None:
+    """Columns `node`'s child must provide so that `node` can output `columns`, in the child's
+    column order; None when that is every column of the child (nothing to prune)."""
+    (child,) = node.children
+    available = _columns(ctx, child)
+    if available is None:
+        return None
+    wanted = set(columns)
+    if isinstance(node, lp.SQLFilter):
+        read = sqltools.predicate_columns(node.predicate)
+        if read is None:
+            return None
+        wanted |= read
+    elif isinstance(node, lp.LLMFilter):
+        wanted |= set(node.arguments)
+    elif isinstance(node, lp.LLMMap):
+        wanted.discard(node.output_column)
+        wanted |= set(node.arguments)
+    kept = tuple(c for c in available if c in wanted)
+    if len(kept) == len(available) or not kept:
+        return None
+    return kept
+
+
+# -- across the DuckDB boundary ------------------------------------------------------------------
+
+
+def _uses(ctx: RuleContext, query: lp.DuckDBQuery) -> dict[str, sqltools.InputUse]:
+    """What `query` needs of each of its named inputs (cached per search)."""
+    cache: dict[Any, Any] = _cache(ctx, "input_uses")
+    columns: dict[str, tuple[str, ...]] = {}
+    for named in query.inputs:
+        cols = _columns(ctx, named.plan)
+        if cols is None:
+            return {}
+        columns[named.name] = cols
+    key = (query.sql, tuple(sorted(columns.items())))
+    if key not in cache:
+        stats = getattr(ctx, "extra", None)
+        lookup = stats.table_columns if stats is not None else (lambda name: None)
+        cache[key] = sqltools.input_uses(query.sql, columns, lookup) or {}
+    uses: dict[str, sqltools.InputUse] = cache[key]
+    return uses
+
+
+def _cache(ctx: RuleContext, name: str) -> dict[Any, Any]:
+    store = getattr(ctx, "_helper_cache", None)
+    if store is None:
+        store = {}
+        ctx._helper_cache = store  # type: ignore[attr-defined]
+    return store.setdefault(name, {})  # type: ignore[no-any-return]
+
+
+def _group_nodes(ctx: RuleContext, ref: lp.PlanNode) -> list[lp.PlanNode]:
+    return ctx.exprs(ref.group) if isinstance(ref, GroupRef) else [ref]
+
+
+def _rewrite_inputs(
+    query: lp.DuckDBQuery, change: Callable[[lp.NamedInput], lp.PlanNode | None]
+) -> lp.DuckDBQuery | None:
+    inputs = []
+    changed = False
+    for named in query.inputs:
+        plan = change(named)
+        if plan is None:
+            inputs.append(named)
+        else:
+            inputs.append(lp.NamedInput(named.name, plan))
+            changed = True
+    return replace(query, inputs=tuple(inputs)) if changed else None
+
+
+@helper
+def filter_inputs(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery | None:
+    """`query` with the conditions it places on each named input applied to the input's plan."""
+    uses = _uses(ctx, query)
+
+    def change(named: lp.NamedInput) -> lp.PlanNode | None:
+        use = uses.get(named.name)
+        if use is None or not use.predicates:
+            return None
+        present = {n.predicate for n in _group_nodes(ctx, named.plan) if isinstance(n, lp.SQLFilter)}
+        if isinstance(named.plan, GroupRef):
+            present |= ctx.logical(named.plan.group).predicates
+        fresh = [p for p in use.predicates if p not in present]
+        if not fresh:
+            return None
+        return lp.SQLFilter(named.plan, " AND ".join(f"({p})" for p in fresh) if len(fresh) > 1 else fresh[0])
+
+    return _rewrite_inputs(query, change)
+
+
+@helper
+def limit_inputs(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery | None:
+    """`query` with a LIMIT that only reads an input's first rows applied to the input's plan."""
+    uses = _uses(ctx, query)
+
+    def change(named: lp.NamedInput) -> lp.PlanNode | None:
+        use = uses.get(named.name)
+        if use is None or use.limit is None:
+            return None
+        for node in _group_nodes(ctx, named.plan):
+            if isinstance(node, lp.Limit) and node.count <= use.limit:
+                return None
+        return lp.Limit(named.plan, use.limit)
+
+    return _rewrite_inputs(query, change)
+
+
+@helper
+def prune_inputs(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery | None:
+    """`query` with each input projected on the columns the query reads (the query's text
+    becomes the version without the columns its CTEs and derived tables never use)."""
+    uses = _uses(ctx, query)
+
+    def change(named: lp.NamedInput) -> lp.PlanNode | None:
+        use = uses.get(named.name)
+        available = _columns(ctx, named.plan)
+        if use is None or use.columns is None or available is None:
+            return None
+        kept = tuple(c for c in available if c in use.columns) or available[:1]
+        if len(kept) == len(available):
+            return None
+        return lp.Project(named.plan, kept)
+
+    changed = _rewrite_inputs(query, change)
+    if changed is None:
+        return None
+    pruned = next((u.pruned_sql for u in uses.values() if u.pruned_sql), None)
+    return replace(changed, sql=pruned) if pruned else None
+
+
+# -- identical LLM calls -------------------------------------------------------------------------
+
+
+@helper
+def merge_identical_maps(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery | None:
+    """`query` with an LLM map that repeats a map below it (same call, same argument columns)
+    removed from an input's operator chain; references to its column read the first map's."""
+    memo = getattr(ctx, "search", None)
+    if memo is None:
+        return None
+    renames: dict[str, str] = {}
+
+    def change(named: lp.NamedInput) -> lp.PlanNode | None:
+        if not isinstance(named.plan, GroupRef):
+            return None
+        plan = memo.memo.first_plan(named.plan.group)
+        rewritten = _drop_repeated_maps(plan, renames)
+        return rewritten if rewritten is not plan else None
+
+    changed = _rewrite_inputs(query, change)
+    if changed is None or not renames:
+        return None
+    sql = sqltools.rename_columns(changed.sql, renames)
+    return replace(changed, sql=sql) if sql is not None else None
+
+
+def _drop_repeated_maps(plan: lp.PlanNode, renames: dict[str, str]) -> lp.PlanNode:
+    """The unary chain `plan` without maps repeating a map below them (renames filled in)."""
+    chain: list[lp.PlanNode] = []
+    node = plan
+    while isinstance(node, lp.LLMMap | lp.LLMFilter | lp.SQLFilter | lp.Project | lp.Limit):
+        chain.append(node)
+        node = node.children[0]
+    seen: dict[tuple[Any, ...], str] = {}
+    local: dict[str, str] = {}
+    rebuilt: lp.PlanNode = node
+    for op in reversed(chain):
+        if isinstance(op, lp.LLMMap):
+            args = tuple(local.get(a, a) for a in op.arguments)
+            key = (op.call, args)
+            if key in seen:
+                local[op.output_column] = seen[key]
+                continue
+            seen[key] = op.output_column
+            rebuilt = replace(op, child=rebuilt, arguments=args)
+        elif isinstance(op, lp.LLMFilter):
+            rebuilt = replace(op, child=rebuilt, arguments=tuple(local.get(a, a) for a in op.arguments))
+        elif isinstance(op, lp.SQLFilter):
+            predicate = op.predicate
+            if local:
+                renamed = sqltools.rename_columns(f"SELECT 1 WHERE {predicate}", local)
+                if renamed is None:
+                    return plan
+                predicate = renamed.split(" WHERE ", 1)[1]
+            rebuilt = replace(op, child=rebuilt, predicate=predicate)
+        elif isinstance(op, lp.Project):
+            columns: list[str] = []
+            for c in op.columns:
+                c = local.get(c, c)
+                if c not in columns:
+                    columns.append(c)
+            rebuilt = replace(op, child=rebuilt, columns=tuple(columns))
+        else:
+            rebuilt = replace(op, child=rebuilt)  # type: ignore[call-arg]
+    if not local:
+        return plan
+    renames.update(local)
+    return rebuilt

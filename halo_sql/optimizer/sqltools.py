@@ -1,0 +1,354 @@
+"""SQL-text rewrites across the DuckDB boundary (sqlglot, DuckDB dialect).
+
+DuckDB plans the SQL of every `DuckDBQuery` itself (join order, scan pushdown); these helpers only
+let rules move work *between* a DuckDBQuery and the plans of its named inputs:
+
+    >>> wrap_where('SELECT a AS "t.a" FROM t', '"t.a" > 2')
+    'SELECT * FROM (SELECT a AS "t.a" FROM t) AS __halo_f WHERE "t.a" > 2'
+    >>> output_columns('SELECT a AS "t.a", CAST(b AS TEXT) AS "__arg_0" FROM t')
+    ('t.a', '__arg_0')
+    >>> narrow_select('SELECT a AS "t.a", b AS "t.b" FROM t', ('t.b',))
+    'SELECT b AS "t.b" FROM t'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.optimizer.pushdown_predicates import pushdown_predicates
+from sqlglot.optimizer.pushdown_projections import pushdown_projections
+from sqlglot.optimizer.qualify import qualify
+
+DIALECT = "duckdb"
+
+# Functions whose value differs between calls: a predicate using one must be evaluated exactly
+# where the user wrote it.
+_VOLATILE = {"random", "rand", "uuid", "gen_random_uuid", "nextval", "setseed", "currval"}
+
+
+@lru_cache(maxsize=4096)
+def _parse(sql: str) -> exp.Expression | None:
+    try:
+        return sqlglot.parse_one(sql, read=DIALECT)
+    except SqlglotError:
+        return None
+
+
+def parse(sql: str) -> exp.Expression | None:
+    """A fresh copy of the parsed statement (None if sqlglot cannot parse it)."""
+    tree = _parse(sql)
+    return tree.copy() if tree is not None else None
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def output_columns(sql: str) -> tuple[str, ...] | None:
+    """Names of the columns a SELECT returns, when the text alone tells (no `*`)."""
+    tree = _parse(sql)
+    if not isinstance(tree, exp.Select):
+        return None
+    names = []
+    for projection in tree.expressions:
+        if isinstance(projection, exp.Star) or (
+            isinstance(projection, exp.Column) and isinstance(projection.this, exp.Star)
+        ):
+            return None
+        names.append(projection.alias_or_name)
+    return tuple(names) if all(names) else None
+
+
+def wrap_where(sql: str, predicate: str) -> str:
+    """`sql` filtered by `predicate` (over its output columns); DuckDB pushes it into scans."""
+    return f"SELECT * FROM ({sql}) AS __halo_f WHERE {predicate}"
+
+
+def wrap_limit(sql: str, count: int) -> str:
+    return f"SELECT * FROM ({sql}) AS __halo_l LIMIT {count}"
+
+
+def narrow_select(sql: str, keep: tuple[str, ...]) -> str | None:
+    """`sql` returning only the columns in `keep` (in its own order), or None when that would
+    change its rows (DISTINCT, set operations, `*`) or leave no column."""
+    tree = parse(sql)
+    if not isinstance(tree, exp.Select) or tree.args.get("distinct"):
+        return None
+    names = output_columns(sql)
+    if names is None:
+        return None
+    wanted = set(keep)
+    kept = [p for p, n in zip(tree.expressions, names, strict=True) if n in wanted]
+    if not kept or len(kept) == len(names):
+        return None
+    tree.set("expressions", kept)
+    return tree.sql(DIALECT)
+
+
+def predicate_columns(predicate: str) -> set[str] | None:
+    """Column names a predicate reads (None if it cannot be parsed)."""
+    tree = _parse(f"SELECT 1 WHERE {predicate}")
+    if tree is None:
+        return None
+    where = tree.args.get("where")
+    return {c.name for c in where.find_all(exp.Column)} if where is not None else set()
+
+
+def is_movable_predicate(node: exp.Expression) -> bool:
+    """True when a predicate may be evaluated anywhere its columns exist: no subquery, aggregate,
+    window, volatile or unregistered (LLM) function, no parameter."""
+    for n in node.walk():
+        if isinstance(n, exp.Query | exp.AggFunc | exp.Window | exp.Placeholder | exp.Parameter):
+            return False
+        if isinstance(n, exp.Anonymous):
+            return False  # our LLM functions are registered per query: not callable elsewhere
+        if isinstance(n, exp.Rand) or (
+            isinstance(n, exp.Func) and n.sql_name().lower() in _VOLATILE
+        ):
+            return False
+    return True
+
+
+def movable_predicate_sql(predicate: str) -> bool:
+    tree = _parse(f"SELECT 1 WHERE {predicate}")
+    where = tree.args.get("where") if tree is not None else None
+    return where is not None and is_movable_predicate(where.this)
+
+
+def rename_columns(sql: str, mapping: Mapping[str, str]) -> str | None:
+    """`sql` with column references renamed (`__llm_3` -> `__llm_1`); None if unparsable."""
+    tree = parse(sql)
+    if tree is None:
+        return None
+    for column in list(tree.find_all(exp.Column)):
+        if column.name in mapping:
+            column.set("this", exp.to_identifier(mapping[column.name], quoted=True))
+    return tree.sql(DIALECT)
+
+
+def rename_tables(sql: str, mapping: Mapping[str, str]) -> str | None:
+    """`sql` with table references renamed (aliases kept, so column references still bind)."""
+    tree = parse(sql)
+    if tree is None:
+        return None
+    for table in list(tree.find_all(exp.Table)):
+        if table.name in mapping and not table.args.get("db"):
+            if not table.alias:
+                table.set("alias", exp.TableAlias(this=exp.to_identifier(table.name)))
+            table.set("this", exp.to_identifier(mapping[table.name]))
+    return tree.sql(DIALECT)
+
+
+# -- what a query asks of its named inputs ---------------------------------------------------
+
+
+@dataclass
+class InputUse:
+    """What a DuckDBQuery needs from one named input."""
+
+    predicates: list[str] = field(default_factory=list)
+    """Conditions every row the query reads from the input must satisfy (over its columns)."""
+    limit: int | None = None
+    """Only the input's first `limit` rows are ever read."""
+    columns: set[str] | None = None
+    """Columns the query reads once unused columns of its CTEs and derived tables are dropped
+    (None: all, or unknown)."""
+    pruned_sql: str | None = None
+    """The query with those unused columns dropped (sqlglot's projection pushdown): the text to
+    run when the input is narrowed to `columns`."""
+
+
+def input_uses(
+    sql: str,
+    inputs: Mapping[str, tuple[str, ...]],
+    table_columns: Callable[[str], Mapping[str, str] | None],
+) -> dict[str, InputUse] | None:
+    """For each named input referenced exactly once, the predicates, limit and columns the query
+    needs of it; None when the SQL cannot be analysed (it then keeps every row and column)."""
+    tree = parse(sql)
+    if tree is None or not isinstance(tree, exp.Query):
+        return None
+    names = dict(inputs)
+    cte_names = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    schema: dict[str, dict[str, str]] = {}
+    counts: dict[str, int] = {}
+    for table in tree.find_all(exp.Table):
+        name = table.name
+        if not name or table.args.get("db") or table.args.get("catalog"):
+            return None
+        if name in names:
+            counts[name] = counts.get(name, 0) + 1
+            schema[name] = {c: "VARCHAR" for c in names[name]}
+        elif name not in cte_names:
+            columns = table_columns(name)
+            if columns is None:
+                return None
+            schema[name] = dict(columns)
+    if not counts:
+        return {}
+    try:
+        qualified = qualify(
+            tree,
+            schema=schema,
+            dialect=DIALECT,
+            quote_identifiers=False,
+            identify=False,
+            validate_qualify_columns=True,
+        )
+        pushed = pushdown_predicates(qualified.copy())
+        pruned = pushdown_projections(qualified.copy())
+        pruned_sql = pruned.sql(DIALECT)
+    except (SqlglotError, KeyError, ValueError, AttributeError):
+        return None
+    out: dict[str, InputUse] = {}
+    for name, count in counts.items():
+        if count != 1:
+            continue
+        use = InputUse()
+        use.predicates = _predicates_on(pushed, name)
+        use.limit = _limit_on(qualified, name)
+        use.columns = _columns_read(pruned, name)
+        use.pruned_sql = pruned_sql
+        out[name] = use
+    return out
+
+
+def _reference(tree: exp.Expression, name: str) -> exp.Table | None:
+    for table in tree.find_all(exp.Table):
+        if table.name == name:
+            return table
+    return None
+
+
+def _predicates_on(tree: exp.Expression, name: str) -> list[str]:
+    table = _reference(tree, name)
+    if table is None:
+        return []
+    select = table.parent_select
+    if select is None or table.parent is None:
+        return []
+    alias = table.alias_or_name
+    from_ = select.args.get("from_") or select.args.get("from")
+    in_from = from_ is not None and from_.this is table
+    joins = select.args.get("joins") or []
+    in_join = any(j.this is table for j in joins)
+    if not (in_from or in_join):
+        return []  # e.g. a table function argument
+    for join in joins:
+        side = (join.side or "").upper()
+        if not side:
+            continue
+        # Rows of the input are only dropped safely where it is never null-extended.
+        if not (in_from and side == "LEFT"):
+            return []
+    where = select.args.get("where")
+    if where is None:
+        return []
+    out = []
+    for conjunct in _conjuncts(where.this):
+        columns = list(conjunct.find_all(exp.Column))
+        if not columns or any(c.table != alias for c in columns):
+            continue
+        if not is_movable_predicate(conjunct):
+            continue
+        moved = conjunct.copy()
+        for column in list(moved.find_all(exp.Column)):
+            column.replace(exp.column(exp.to_identifier(column.name, quoted=True)))
+        out.append(moved.sql(DIALECT))
+    return out
+
+
+def _limit_on(tree: exp.Expression, name: str) -> int | None:
+    """A LIMIT that only ever reads the first rows of `name` through plain projections."""
+    table = _reference(tree, name)
+    if table is None:
+        return None
+    ctes = {cte.alias_or_name: cte for cte in tree.find_all(exp.CTE)}
+    cte_uses: dict[str, int] = {}
+    for t in tree.find_all(exp.Table):
+        if t.name in ctes:
+            cte_uses[t.name] = cte_uses.get(t.name, 0) + 1
+    source: exp.Expression = table
+    while True:
+        select = source.parent_select if isinstance(source, exp.Table) else source.parent_select
+        if select is None or not _plain_select(select, allow_limit=True):
+            return None
+        from_ = select.args.get("from_") or select.args.get("from")
+        if from_ is None or select.args.get("joins"):
+            return None
+        limit = select.args.get("limit")
+        if limit is not None:
+            count = _literal_int(limit.expression)
+            offset = select.args.get("offset")
+            extra = _literal_int(offset.expression) if offset is not None else 0
+            if count is None or extra is None:
+                return None
+            return count + extra
+        # No LIMIT here: follow the rows upward if this SELECT is a CTE (used once) or a
+        # derived table whose only consumer is a plain SELECT.
+        parent = select.parent
+        if isinstance(parent, exp.CTE):
+            alias = parent.alias_or_name
+            if cte_uses.get(alias) != 1:
+                return None
+            source = next(t for t in tree.find_all(exp.Table) if t.name == alias)
+        elif isinstance(parent, exp.Subquery):
+            source = parent
+        else:
+            return None
+
+
+def _plain_select(select: exp.Expression, *, allow_limit: bool) -> bool:
+    if not isinstance(select, exp.Select):
+        return False
+    for key in ("where", "group", "having", "qualify", "order", "distinct", "laterals"):
+        if select.args.get(key):
+            return False
+    if not allow_limit and select.args.get("limit"):
+        return False
+    for projection in select.expressions:
+        if any(isinstance(n, exp.AggFunc | exp.Window | exp.Query) for n in projection.walk()):
+            return False
+        if not is_movable_predicate(projection) and any(
+            isinstance(n, exp.Anonymous) for n in projection.walk()
+        ):
+            return False  # an LLM function per row: fewer rows is fine, but keep it simple
+    return True
+
+
+def _literal_int(node: exp.Expression | None) -> int | None:
+    if isinstance(node, exp.Literal) and not node.is_string and str(node.this).isdigit():
+        return int(node.this)
+    return None
+
+
+def _columns_read(tree: exp.Expression, name: str) -> set[str] | None:
+    table = _reference(tree, name)
+    if table is None:
+        return None
+    alias = table.alias_or_name
+    select = table.parent_select
+    scope_root = select if select is not None else tree
+    out: set[str] = set()
+    for node in scope_root.walk():
+        if isinstance(node, exp.Star):
+            return None
+        if isinstance(node, exp.Column):
+            if isinstance(node.this, exp.Star):
+                return None
+            if node.table == alias:
+                out.add(node.name)
+    return out
+
+
+def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
+    if isinstance(condition, exp.And):
+        return _conjuncts(condition.this) + _conjuncts(condition.expression)
+    if isinstance(condition, exp.Paren):
+        return _conjuncts(condition.this)
+    return [condition]

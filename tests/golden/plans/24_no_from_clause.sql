@@ -1,0 +1,1 @@
+SELECT LLM('Say hello') AS greeting

@@ -1,0 +1,142 @@
+"""Command line: `python -m tpc_agentic_bench run [--quick] [--workloads W1,W2] [--queries N]
+[--backend vllm|sim] [--model DIR] [--json OUT] [--plot OUT.png]` (see README.md).
+
+The table goes to stdout, the progress bar to stderr. The exit status is 1 when a query failed
+or systems disagreed on an answer (greedy decoding must give every system the same answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tpc_agentic_bench.systems import ABLATIONS
+    from tpc_agentic_bench.workloads import WORKLOADS
+
+    parser = argparse.ArgumentParser(prog="python -m tpc_agentic_bench")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run workloads under every system and compare them")
+    run.add_argument("--quick", action="store_true",
+                     help="smoke-test size: TPC-H SF 0.01 and 4 queries per workload")
+    run.add_argument("--workloads", default=",".join(WORKLOADS),
+                     help="comma-separated workload keys (default: all of W1..W6)")
+    run.add_argument("--queries", type=int, help="queries per workload (default 4 quick, 16 full)")
+    run.add_argument("--scale", type=float, help="TPC-H scale factor (default 0.01 quick, 0.1 full)")
+    run.add_argument("--backend", choices=("vllm", "sim"), default="vllm")
+    run.add_argument("--model", help="default model directory (vllm default: the tiny model, "
+                                     "written to <cache>/tiny-model)")
+    run.add_argument("--large-model", help="W4's large model (vllm default: a larger tiny model)")
+    run.add_argument("--systems",
+                     help="comma-separated systems (default: naive,per_query,halo, plus the "
+                          f"ablations {', '.join(ABLATIONS)} once execute_batch can switch them off)")
+    run.add_argument("--repeat", type=int, default=1,
+                     help="runs per (workload, system), each from a cold cache; the median wall "
+                          "time is reported (default 1)")
+    run.add_argument("--cache-dir", help="where TPC-H data and tiny models are cached "
+                                         "(default $HALO_CACHE_DIR or ./.halo_cache)")
+    run.add_argument("--json", help="write the JSON report here")
+    run.add_argument("--plot", help="write the PNG chart here")
+    run.add_argument("--record", action="store_true",
+                     help="also write .json, .png and .txt into tpc_agentic_bench/results/")
+    run.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # Before anything imports vLLM: a bounded KV cache on CPU, and vLLM's INFO chatter off.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from tpc_agentic_bench.harness import (
+        FULL_QUERIES,
+        FULL_SCALE,
+        QUICK_QUERIES,
+        QUICK_SCALE,
+        BenchConfig,
+        run_benchmark,
+    )
+    from tpc_agentic_bench.progress import Progress
+    from tpc_agentic_bench.report import format_report, write_json, write_plot
+    from tpc_agentic_bench.systems import ABLATIONS, ablations_supported
+
+    if args.systems:
+        systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    else:
+        systems = ("naive", "per_query", "halo")
+        if ablations_supported():
+            systems += tuple(ABLATIONS)
+    from tpc_agentic_bench.systems import make_system
+    from tpc_agentic_bench.workloads import WORKLOADS
+
+    workloads = tuple(k.strip().upper() for k in args.workloads.split(",") if k.strip())
+    unknown = [k for k in workloads if k not in WORKLOADS]
+    if unknown or not workloads:
+        parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")
+    try:
+        for name in systems:
+            make_system(name)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if (args.queries is not None and args.queries < 1) or args.repeat < 1:
+        parser.error("--queries and --repeat must be at least 1")
+    config = BenchConfig(
+        backend=args.backend,
+        model=args.model,
+        large_model=args.large_model,
+        scale=args.scale if args.scale is not None else (QUICK_SCALE if args.quick else FULL_SCALE),
+        queries=args.queries or (QUICK_QUERIES if args.quick else FULL_QUERIES),
+        workloads=workloads,
+        systems=systems,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        quick=args.quick,
+        repeat=args.repeat,
+    )
+    report = run_benchmark(config, Progress(enabled=not args.no_progress))
+    text = format_report(report)
+    print(text)
+
+    outputs = []
+    if args.json:
+        outputs.append(write_json(report, args.json))
+    if args.plot:
+        outputs.append(write_plot(report, args.plot))
+    if args.record:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = RESULTS_DIR / f"{stamp}-{config.backend}-{'quick' if config.quick else 'full'}"
+        outputs.append(write_json(report, base.with_suffix(".json")))
+        outputs.append(write_plot(report, base.with_suffix(".png")))
+        base.with_suffix(".txt").write_text(text + "\n")
+        outputs.append(base.with_suffix(".txt"))
+    for path in outputs:
+        print(f"wrote {path}", file=sys.stderr)
+    return _status(report)
+
+
+def _status(report: dict) -> int:
+    """1 when any query failed or any system's answers differ from the reference's."""
+    bad = [
+        f"{w['key']} {r['name']}"
+        for w in report["workloads"]
+        for r in w["systems"]
+        if r.get("failed")
+        or (r.get("available") and (r.get("errors") or r.get("agreement", 1.0) < 1.0))
+    ]
+    if bad:
+        print(f"FAILED: errors or disagreeing answers in {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # vLLM spawns workers that re-import the main module
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The benchmark's outputs: a text table per workload, the JSON report, and a PNG chart.
+
+    >>> print(format_ratio(1.5), format_ratio(None))
+    1.50x -
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+COLUMNS: tuple[tuple[str, str, int], ...] = (
+    # (header, key, width)
+    ("system", "name", 24),
+    ("wall s", "seconds", 8),
+    ("requests", "llm_requests", 8),
+    ("calls", "backend_calls", 6),
+    ("prompt tok", "prompt_tokens", 10),
+    ("cached", "cached_prompt_tokens", 8),
+    ("computed", "computed_prompt_tokens", 8),
+    ("comp/LB", "computed_over_lb", 7),
+    ("output tok", "output_tokens", 10),
+    ("x naive", "speedup_vs_naive", 7),
+    ("x per_query", "speedup_vs_per_query", 11),
+    ("agree", "agreement", 6),
+)
+
+
+def format_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _cell(key: str, row: dict[str, Any], lower_bound: int | None) -> str:
+    if key == "computed_over_lb":
+        computed = row.get("computed_prompt_tokens")
+        return f"{computed / lower_bound:.2f}" if lower_bound and computed is not None else "-"
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key.startswith("speedup"):
+        return format_ratio(value)
+    if key == "agreement":
+        return f"{value:.0%}"
+    if key == "seconds":
+        return f"{value:.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def format_workload(workload: dict[str, Any]) -> str:
+    """One workload's table, with the notes that qualify its figures."""
+    lower_bound = workload.get("lower_bound_tokens")
+    bound = f"{lower_bound:,}" if lower_bound is not None else "unknown"
+    lines = [
+        f"{workload['key']} {workload['name']}: {workload['queries']} queries; "
+        f"prefix-trie lower bound {bound} prompt tokens",
+        "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, _, w) in enumerate(COLUMNS)),
+    ]
+    notes = []
+    for row in workload["systems"]:
+        if not row.get("available", True):
+            status = "FAILED" if row.get("failed") else "not run"
+            lines.append(f"{row['name']:<24}  {status}: {row.get('note', '')}")
+            continue
+        cells = [
+            _cell(k, row, lower_bound).rjust(w) if i else _cell(k, row, lower_bound).ljust(w)
+            for i, (_, k, w) in enumerate(COLUMNS)
+        ]
+        lines.append("  ".join(cells))
+        if row.get("note") and row["note"] != "execute_batch":
+            notes.append(f"  {row['name']}: {row['note']}")
+        if row.get("errors"):
+            first = row["errors"][0]
+            notes.append(
+                f"  {row['name']}: {len(row['errors'])} failed quer(y/ies); "
+                f"query {first['query']}: {first['error']}"
+            )
+        if row.get("differing_queries"):
+            notes.append(
+                f"  {row['name']}: answers differ from {row.get('agreement_reference')} on "
+                f"queries {row['differing_queries']}"
+            )
+        if row.get("invalid_answers"):
+            notes.append(f"  {row['name']}: {row['invalid_answers']} answers broke their output type")
+    return "\n".join(lines + notes)
+
+
+def _geomean(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v and v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def summary(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Per system: geometric-mean speedups over the workloads."""
+    out: dict[str, dict[str, float | None]] = {}
+    names = [r["name"] for r in report["workloads"][0]["systems"]] if report["workloads"] else []
+    for name in names:
+        rows = [r for w in report["workloads"] for r in w["systems"] if r["name"] == name]
+        out[name] = {
+            base: _geomean([r.get(f"speedup_vs_{base}") or 0 for r in rows])
+            for base in ("naive", "per_query")
+        }
+    return out
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The whole text report: settings, one table per workload, the geomean summary."""
+    meta = report["meta"]
+    settings = meta["settings"]
+    models = settings["models"]
+    head = [
+        "tpc_agentic_bench"
+        + (" --quick" if settings["quick"] else "")
+        + f": backend {models['backend']}, model {models['default']['model'] or '(none)'}, "
+        f"TPC-H SF {settings['scale_factor']:g}, {settings['queries_per_workload']} queries/workload"
+        + (f", median of {settings['repeat']} runs" if settings.get("repeat", 1) > 1 else ""),
+        f"machine: {meta['machine'].get('cpu_model', meta['machine']['processor'])}, "
+        f"{meta['machine']['cpu_count']} cores, {meta['machine'].get('memory_gib', '?')} GiB, "
+        f"GPU: {meta['machine']['gpu']}",
+        f"halo: {settings['halo_mode']}",
+        "prefix cache reset between systems: "
+        + ", ".join(settings["prefix_cache_reset_between_systems"])
+        + (" (NOT reset: later systems may find earlier systems' prefixes cached)"
+           if "none" in settings["prefix_cache_reset_between_systems"] else ""),
+        f"engine start {settings['engine_start_seconds']} s (not counted); "
+        f"total run {report['total_seconds']} s",
+        "",
+    ]
+    body = [format_workload(w) + "\n" for w in report["workloads"]]
+    geo = summary(report)
+    tail = ["geometric mean over workloads:"] + [
+        f"  {name:<24} x naive {format_ratio(v['naive']):>8}   x per_query {format_ratio(v['per_query']):>8}"
+        for name, v in geo.items()
+    ]
+    return "\n".join(head + body + tail)
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {**report, "summary": summary(report)}
+    out.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+    return out
+
+
+def write_plot(report: dict[str, Any], path: str | Path) -> Path:
+    """A PNG: speedup over naive per workload and system, and computed prefill / lower bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = report["workloads"]
+    names: list[str] = []  # every system that ran somewhere, in run order
+    for w in workloads:
+        names += [r["name"] for r in w["systems"] if r.get("available") and r["name"] not in names]
+    keys = [w["key"] for w in workloads]
+    fig, (speed_ax, lb_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        speedups: list[float] = []
+        ratios: list[float] = []
+        missing: list[tuple[int, str]] = []
+        for k, w in enumerate(workloads):
+            row: dict[str, Any] = next((r for r in w["systems"] if r["name"] == name), {})
+            if not row.get("available"):
+                missing.append((k, "failed" if row.get("failed") else "n/a"))
+            speedups.append(row.get("speedup_vs_naive") or 0.0)
+            bound = w.get("lower_bound_tokens")
+            computed = row.get("computed_prompt_tokens")
+            ratios.append(computed / bound if bound and computed is not None else 0.0)
+        xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(keys))]
+        bars = speed_ax.bar(xs, speedups, width, label=name)
+        lb_ax.bar(xs, ratios, width, label=name)
+        for k, text in missing:  # a gap in the chart must not read as a zero measurement
+            for ax in (speed_ax, lb_ax):
+                ax.text(xs[k], 0.02, text, rotation=90, ha="center", va="bottom", fontsize=7,
+                        color=bars.patches[0].get_facecolor(), transform=ax.get_xaxis_transform())
+    settings = report["meta"]["settings"]
+    speed_ax.axhline(1.0, color="grey", linewidth=0.8)
+    speed_ax.set_title("end-to-end speedup over naive (higher is better)")
+    speed_ax.set_ylabel("x naive")
+    lb_ax.axhline(1.0, color="grey", linewidth=0.8)
+    lb_ax.set_title("computed prefill tokens / prefix-trie lower bound")
+    lb_ax.set_ylabel("ratio (1.0 = optimal)")
+    for ax in (speed_ax, lb_ax):
+        ax.set_xticks(range(len(keys)), keys)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"tpc_agentic_bench: {settings['models']['backend']}, SF {settings['scale_factor']:g}, "
+        f"{settings['queries_per_workload']} queries/workload; halo: {settings['halo_mode']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

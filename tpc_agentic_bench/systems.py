@@ -1,0 +1,296 @@
+"""The systems compared: small strategies that run a workload's batch of SQL on one connection.
+
+    naive        one query at a time, one backend call per row (a hand-written loop, or an agent
+                 framework calling the model per item)
+    per_query    one query at a time; each query's LLM operators send their rows to the backend in
+                 batches, with prefix caching on (what plain vLLM serving gives a SQL engine)
+    halo         the whole batch at once through `con.execute_batch` (issue 5): one consolidated
+                 plan and the batch runtime
+    halo-no-X    ablations: halo with one optimization switched off (`ABLATIONS`)
+
+Without `execute_batch` in the engine, `halo` runs exactly like `per_query` and says so in its
+`note`, and ablations are reported as unavailable. `HaloSystem.run` and `_run_execute_batch` are
+the one place that follows the batch API.
+
+    >>> [s.name for s in default_systems()]
+    ['naive', 'per_query', 'halo']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from halo_sql import Connection
+from halo_sql.executor.runtime import LLMRuntime
+from tpc_agentic_bench.recording import Recorder
+
+STAT_KEYS = (
+    "llm_requests", "backend_calls", "prompt_tokens", "cached_prompt_tokens",
+    "computed_prompt_tokens", "output_tokens", "deduplicated_requests", "invalid_answers",
+    "failed_requests", "llm_seconds",
+)
+"""Per-statement statistics (`con.stats()` keys) that a batch sums over its queries."""
+
+
+class SystemUnavailable(Exception):
+    """The engine cannot run this system yet (e.g. an ablation switch that does not exist)."""
+
+
+@dataclass
+class QueryOutcome:
+    """One query of a batch: its result (or error) and what it cost."""
+
+    table: pa.Table | None
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class BatchOutcome:
+    """What a system did with a batch: per-query outcomes in input order and batch totals."""
+
+    queries: list[QueryOutcome]
+    totals: dict[str, Any]
+    note: str = ""
+    """How the system actually ran (e.g. that halo fell back to per-query execution)."""
+
+
+ProgressFn = Callable[[int], None]
+"""Called with the number of queries of the batch finished so far."""
+
+
+def sum_stats(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch totals of per-query statistics.
+
+    >>> sum_stats([{"llm_requests": 2, "llm_seconds": 0.5}, {"llm_requests": 3}])["llm_requests"]
+    5
+    """
+    totals: dict[str, Any] = {key: 0 for key in STAT_KEYS}
+    totals["llm_seconds"] = 0.0
+    for item in stats:
+        for key in STAT_KEYS:
+            totals[key] += item.get(key, 0) or 0
+    return totals
+
+
+def _one_by_one(con: Connection, queries: Sequence[str], progress: ProgressFn) -> list[QueryOutcome]:
+    outcomes = []
+    for done, sql in enumerate(queries, start=1):
+        try:
+            result = con.run(sql)
+            outcomes.append(QueryOutcome(result.table, result.stats.as_dict()))
+        except Exception as exc:  # a failing query is a finding to report, not a crash
+            outcomes.append(QueryOutcome(None, dict(con.stats()), f"{type(exc).__name__}: {exc}"))
+        progress(done)
+    return outcomes
+
+
+@dataclass(frozen=True)
+class System:
+    """A way of running a batch. Subclasses set how the session's runtime is configured and
+    how the batch is submitted."""
+
+    name: str
+    description: str
+
+    max_batch: int = 512
+    """Largest number of requests the runtime hands the backend in one call."""
+
+    def prepare(self, con: Connection, recorder: Recorder) -> None:
+        """Configure a fresh connection before the batch: the runtime (through `recorder`, which
+        records every prompt sent) and the physical settings."""
+        session = con.session
+        session.runtime = LLMRuntime(recorder.wrap(session.backend), max_batch=self.max_batch)
+
+    def run(self, con: Connection, queries: Sequence[str], progress: ProgressFn) -> BatchOutcome:
+        outcomes = _one_by_one(con, queries, progress)
+        return BatchOutcome(outcomes, sum_stats([o.stats for o in outcomes]))
+
+
+@dataclass(frozen=True)
+class NaiveSystem(System):
+    """One backend call per row: LLM operators take one row at a time and the runtime sends one
+    request per call. Identical requests within one statement are still sent once."""
+
+    max_batch: int = 1
+
+    def prepare(self, con: Connection, recorder: Recorder) -> None:
+        super().prepare(con, recorder)
+        session = con.session
+        session.settings = dataclasses.replace(session.settings, llm_batch_rows=1)
+
+
+@dataclass(frozen=True)
+class PerQuerySystem(System):
+    """Each query on its own, with the engine's per-statement batching (the defaults)."""
+
+
+@dataclass(frozen=True)
+class HaloSystem(System):
+    """The whole batch through `execute_batch`, optionally with optimizations switched off:
+    `disable_rules` through the optimizer's `SET disable_rules`, `batch_options` as keyword
+    arguments of `execute_batch` (e.g. workers=1)."""
+
+    disable_rules: tuple[str, ...] = ()
+    batch_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def is_ablation(self) -> bool:
+        return bool(self.disable_rules or self.batch_options)
+
+    def prepare(self, con: Connection, recorder: Recorder) -> None:
+        super().prepare(con, recorder)
+        if self.disable_rules:
+            known = _rule_names()
+            missing = sorted(set(self.disable_rules) - set(known) - {"all"})
+            if not known or missing:
+                raise SystemUnavailable(
+                    f"the optimizer has no rule(s) {', '.join(missing or self.disable_rules)}"
+                )
+            con.sql(f"SET disable_rules = '{','.join(self.disable_rules)}'")
+
+    def run(self, con: Connection, queries: Sequence[str], progress: ProgressFn) -> BatchOutcome:
+        execute_batch = getattr(con, "execute_batch", None)
+        if execute_batch is None:
+            if self.is_ablation:
+                raise SystemUnavailable("the engine has no execute_batch to ablate")
+            outcome = super().run(con, queries, progress)
+            outcome.note = "execute_batch not available: halo ran as per_query"
+            return outcome
+        return _run_execute_batch(execute_batch, queries, dict(self.batch_options), progress)
+
+
+def _rule_names() -> tuple[str, ...]:
+    try:
+        from halo_sql.optimizer import rule_names
+    except ImportError:
+        return ()
+    return tuple(rule_names())
+
+
+def _run_execute_batch(
+    execute_batch: Callable[..., Any],
+    queries: Sequence[str],
+    options: dict[str, Any],
+    progress: ProgressFn,
+) -> BatchOutcome:
+    """Call the engine's batch API (issue 5) and read its answer.
+
+    `execute_batch(list_of_sql, **options)` returns a BatchResult: `.results` (one Result per
+    query, input order, each with `table`, `stats` and `error`) and `total_stats()` (the batch
+    totals, with the batch runtime's own backend-call count).
+    """
+    parameters = inspect.signature(execute_batch).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [k for k in options if k not in parameters and not accepts_any]
+    if unknown:
+        raise SystemUnavailable(f"execute_batch has no option(s) {', '.join(unknown)}")
+    kwargs = dict(options)
+    if "progress" in parameters:
+        kwargs["progress"] = lambda state: progress(int(getattr(state, "done", 0)))
+    batch = execute_batch(list(queries), **kwargs)
+    results = list(getattr(batch, "results", batch))
+    if len(results) != len(queries):
+        raise RuntimeError(f"execute_batch returned {len(results)} results for {len(queries)} queries")
+    outcomes = []
+    for result in results:
+        error = getattr(result, "error", None)
+        outcomes.append(QueryOutcome(
+            getattr(result, "table", result if isinstance(result, pa.Table) else None),
+            _as_dict(getattr(result, "stats", None)),
+            None if error is None else f"{type(error).__name__}: {error}",
+        ))
+    progress(len(queries))
+    totals = sum_stats([o.stats for o in outcomes])
+    total_stats = getattr(batch, "total_stats", None)
+    if callable(total_stats):
+        # The batch runtime counts backend calls across queries; per-query counts cannot.
+        totals["backend_calls"] = _as_dict(total_stats()).get("backend_calls", totals["backend_calls"])
+    return BatchOutcome(outcomes, totals, note="execute_batch")
+
+
+def _as_dict(stats: Any) -> dict[str, Any]:
+    if stats is None:
+        return {}
+    if isinstance(stats, dict):
+        return stats
+    as_dict = getattr(stats, "as_dict", None)
+    return dict(as_dict()) if as_dict is not None else {}
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """What an ablation switches off, and what that should show."""
+
+    rules: tuple[str, ...] = ()
+    """Optimizer rules for `SET disable_rules` ("all": every rule)."""
+    batch_options: tuple[tuple[str, Any], ...] = ()
+    """Keyword arguments of `execute_batch`."""
+    shows: str = ""
+
+
+ABLATIONS: dict[str, Ablation] = {
+    "halo-no-optimizer": Ablation(
+        rules=("all",), shows="what the Cascades rewrites buy (the planner's plan runs as built)"
+    ),
+    "halo-no-shared-subplans": Ablation(
+        rules=("share_identical_subplans",),
+        shows="running equal sub-plans (a chain's shared CTE inputs) once",
+    ),
+    "halo-no-limit-hint": Ablation(
+        rules=("limit_hint_for_llm_filter",),
+        shows="stopping an LLM filter under a LIMIT early (W5's top-k)",
+    ),
+    "halo-sequential": Ablation(
+        batch_options=(("workers", 1),),
+        shows="cross-query coalescing: one worker runs the queries one after another, so the "
+        "batch runtime has only one query's requests to send at a time",
+    ),
+}
+"""Ablation systems: halo with one optimization switched off. Add an entry when the engine grows
+a new switch (a rule name, or an execute_batch option)."""
+
+
+def ablations_supported() -> bool:
+    """True when the engine has the batch API that ablations switch things off in."""
+    from halo_sql import Session
+
+    return hasattr(Session, "execute_batch")
+
+
+def make_system(name: str) -> System:
+    """The system called `name` (naive, per_query, halo, or an ablation from ABLATIONS)."""
+    if name == "naive":
+        return NaiveSystem("naive", "one query at a time, one backend call per row")
+    if name == "per_query":
+        return PerQuerySystem("per_query", "one query at a time, its LLM operators batched")
+    if name == "halo":
+        return HaloSystem("halo", "the whole batch at once (execute_batch)")
+    if name in ABLATIONS:
+        ablation = ABLATIONS[name]
+        return HaloSystem(
+            name, f"halo without {ablation.shows}", disable_rules=ablation.rules,
+            batch_options=ablation.batch_options,
+        )
+    known = ", ".join(["naive", "per_query", "halo", *ABLATIONS])
+    raise ValueError(f"unknown system {name!r} (choose from {known})")
+
+
+def default_systems(with_ablations: bool = False) -> list[System]:
+    """naive, per_query and halo; plus the ablations when asked."""
+    names = ["naive", "per_query", "halo"] + (list(ABLATIONS) if with_ablations else [])
+    return [make_system(n) for n in names]
+
+
+def timed(fn: Callable[[], BatchOutcome]) -> tuple[BatchOutcome, float]:
+    """Run `fn` and return its outcome with the wall time in seconds."""
+    began = time.perf_counter()
+    outcome = fn()
+    return outcome, time.perf_counter() - began
