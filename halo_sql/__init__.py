@@ -25,13 +25,35 @@ from halo_sql.errors import (
     QueryCancelled,
     Warning,
 )
-from halo_sql.frontends.dbapi import Connection, connect
+from halo_sql.frontends.dbapi import (
+    BINARY,
+    DATETIME,
+    NUMBER,
+    ROWID,
+    STRING,
+    Binary,
+    Connection,
+    Cursor,
+    Date,
+    DateFromTicks,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+    apilevel,
+    connect,
+    paramstyle,
+    threadsafety,
+)
 from halo_sql.frontends.server import serve
 from halo_sql.session import Result, Session
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BINARY", "DATETIME", "NUMBER", "ROWID", "STRING", "Binary", "Cursor", "Date", "DateFromTicks",
+    "Time", "TimeFromTicks", "Timestamp", "TimestampFromTicks", "apilevel", "paramstyle",
+    "threadsafety",
     "BinderError", "Connection", "DataError", "DatabaseError", "Error", "HaloError",
     "IntegrityError", "InterfaceError", "InternalError", "ModelError", "NotSupportedError",
     "OperationalError", "ParseError", "ProgrammingError", "QueryCancelled", "Result", "Session",

@@ -107,6 +107,7 @@ def test_make_tiny_model_passes_the_directory(monkeypatch: pytest.MonkeyPatch, t
     assert capsys.readouterr().out.strip() == str(tmp_path / "m")
 
 
+@pytest.mark.slow
 def test_make_tiny_model_writes_model_files(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     target = tmp_path / "tiny"

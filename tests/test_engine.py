@@ -357,11 +357,13 @@ def test_models_persist_in_the_database_file(tmp_path: Path, monkeypatch: pytest
         con.sql("CREATE MODEL gone USING sim")
         con.sql("DROP MODEL gone")
     with halo_sql.connect(path) as con:
+        # The only model stored in the database is the default when connect() names none.
         assert rows(con, "SHOW MODELS") == [
             {"name": "small", "backend": "sim", "model": None,
-             "options": '{"context_window": 256}', "is_default": False},
+             "options": '{"context_window": 256}', "is_default": True},
         ]
         assert rows(con, "SELECT LLM('Say hi', model => 'small') AS s")[0]["s"]
+        assert rows(con, "SELECT LLM('Say hi') AS s")[0]["s"]
     with halo_sql.connect(":memory:", backend="sim") as con:  # nothing leaks into other databases
         assert [r["name"] for r in rows(con, "SHOW MODELS")] == ["default"]
 

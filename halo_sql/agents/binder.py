@@ -56,22 +56,22 @@ _RESERVED_TYPES = (
 )
 
 
-def _is_named(node: exp.Expression, name: str) -> bool:
+def _is_named(node: exp.Expr, name: str) -> bool:
     return isinstance(node, exp.Anonymous) and str(node.this).lower() == name
 
 
-def _is_target(node: exp.Expression) -> bool:
+def _is_target(node: exp.Expr) -> bool:
     if isinstance(node, exp.Table | exp.Lateral):
         return _is_named(node.this, AGENT)
     return _is_named(node, AGENT_CALL)
 
 
-def has_agent_calls(statement: exp.Expression) -> bool:
+def has_agent_calls(statement: exp.Expr) -> bool:
     """True if the statement calls an agent (AGENT in FROM, LATERAL AGENT, AGENT_CALL)."""
     return any(_is_target(node) for node in statement.walk())
 
 
-def lift_agent_calls(statement: exp.Expression, builder: PlanBuilder) -> exp.Expression:
+def lift_agent_calls(statement: exp.Expr, builder: PlanBuilder) -> exp.Expr:
     """A copy of `statement` whose agent calls read named inputs of `builder` (see the module
     docstring); the builder's catalog is replaced by one that knows the agent outputs."""
     return _AgentBinder(builder).lift(statement.copy())
@@ -90,7 +90,7 @@ class _AgentBinder:
         self.catalog = _agent_aware(base, self.schemas)
         builder.catalog = self.catalog
 
-    def lift(self, statement: exp.Expression) -> exp.Expression:
+    def lift(self, statement: exp.Expr) -> exp.Expr:
         while True:
             targets = [n for n in statement.walk() if _is_target(n)]
             if not targets:
@@ -109,7 +109,7 @@ class _AgentBinder:
                 self._lift_scalar(node, statement)
 
     # -- the three spellings ---------------------------------------------------------------------
-    def _lift_table(self, node: exp.Table, statement: exp.Expression) -> None:
+    def _lift_table(self, node: exp.Table, statement: exp.Expr) -> None:
         call = node.this
         name, value, overrides = self._arguments(call, "AGENT")
         query = value.this if isinstance(value, exp.Subquery) else value
@@ -126,7 +126,7 @@ class _AgentBinder:
             this=exp.to_identifier(agent.name)))
         node.replace(replacement)
 
-    def _lift_lateral(self, node: exp.Lateral, statement: exp.Expression) -> None:
+    def _lift_lateral(self, node: exp.Lateral, statement: exp.Expr) -> None:
         call = node.this
         name, value, overrides = self._arguments(call, "LATERAL AGENT")
         query = value.this if isinstance(value, exp.Subquery) else value
@@ -161,7 +161,7 @@ class _AgentBinder:
         if (join.kind or "").upper() == "CROSS":
             join.set("kind", None)
 
-    def _lift_scalar(self, node: exp.Expression, statement: exp.Expression) -> None:
+    def _lift_scalar(self, node: exp.Expr, statement: exp.Expr) -> None:
         name, value, overrides = self._arguments(node, "AGENT_CALL")
         select = node.parent
         while select is not None and not isinstance(select, exp.Select):
@@ -191,7 +191,7 @@ class _AgentBinder:
                 location=location_of(node),
             )
         if shape.per_property:
-            result: exp.Expression = exp.Struct(expressions=[
+            result: exp.Expr = exp.Struct(expressions=[
                 exp.PropertyEQ(this=exp.to_identifier(n),
                                expression=exp.column(exp.to_identifier(n, quoted=True)))
                 for n, _ in shape.columns
@@ -218,8 +218,8 @@ class _AgentBinder:
 
     # -- shared steps ----------------------------------------------------------------------------
     def _arguments(
-        self, call: exp.Expression, spelling: str
-    ) -> tuple[str, exp.Expression, dict[str, Any]]:
+        self, call: exp.Expr, spelling: str
+    ) -> tuple[str, exp.Expr, dict[str, Any]]:
         args = list(call.expressions)
         positional = [a for a in args if not isinstance(a, exp.Kwarg)]
         options = {str(a.this.name).lower(): a.expression for a in args if isinstance(a, exp.Kwarg)}
@@ -254,7 +254,7 @@ class _AgentBinder:
 
     def _input_select(
         self,
-        items: list[tuple[str, exp.Expression]],
+        items: list[tuple[str, exp.Expr]],
         select: exp.Select,
         joins: list[exp.Join],
         *,
@@ -281,7 +281,7 @@ class _AgentBinder:
         return source
 
     def _agent_table(
-        self, name: str, overrides: dict[str, Any], query: exp.Expression, call: exp.Expression
+        self, name: str, overrides: dict[str, Any], query: exp.Expr, call: exp.Expr
     ) -> tuple[str, AgentSpec]:
         where = location_of(call)
         try:
@@ -329,7 +329,7 @@ class _AgentBinder:
             self.schemas[table] = [*columns, *agent.shape.columns, *_RESERVED_TYPES]
         return table, agent
 
-    def _plan_input(self, query: exp.Expression) -> PlanNode:
+    def _plan_input(self, query: exp.Expr) -> PlanNode:
         options = getattr(self.builder, "options", None)
         sub = type(self.builder)(self.catalog, options) if options is not None else (
             type(self.builder)(self.catalog)
@@ -340,7 +340,7 @@ class _AgentBinder:
         self.builder.notes.extend(n for n in plan.notes if n not in self.builder.notes)
         return plan.root
 
-    def _describe(self, query: exp.Expression) -> list[tuple[str, str]]:
+    def _describe(self, query: exp.Expr) -> list[tuple[str, str]]:
         return self.agents.describe(_substitute(query.sql(DIALECT), self.schemas))  # type: ignore[no-any-return]
 
 
@@ -400,14 +400,14 @@ def _data_type(kind: str) -> exp.DataType:
         return exp.DataType.build("VARCHAR")
 
 
-def _statement_ctes(statement: exp.Expression) -> list[exp.CTE]:
+def _statement_ctes(statement: exp.Expr) -> list[exp.CTE]:
     with_ = statement.args.get("with_") or statement.args.get("with")
     return list(with_.expressions) if with_ is not None else []
 
 
-def _cte_position(node: exp.Expression, statement: exp.Expression) -> int:
+def _cte_position(node: exp.Expr, statement: exp.Expr) -> int:
     ctes = _statement_ctes(statement)
-    parent: exp.Expression | None = node
+    parent: exp.Expr | None = node
     while parent is not None:
         if isinstance(parent, exp.CTE) and parent in ctes:
             return ctes.index(parent)
@@ -415,7 +415,7 @@ def _cte_position(node: exp.Expression, statement: exp.Expression) -> int:
     return len(ctes)
 
 
-def _with_ctes(query: exp.Expression, statement: exp.Expression) -> exp.Expression:
+def _with_ctes(query: exp.Expr, statement: exp.Expr) -> exp.Expr:
     """The input query with the statement's CTEs it reads (directly or through other CTEs), so
     it can be planned on its own."""
     ctes = _statement_ctes(statement)
@@ -435,7 +435,7 @@ def _with_ctes(query: exp.Expression, statement: exp.Expression) -> exp.Expressi
     return standalone
 
 
-def _named_items(query: exp.Select, name: str, call: exp.Expression) -> list[tuple[str, exp.Expression]]:
+def _named_items(query: exp.Select, name: str, call: exp.Expr) -> list[tuple[str, exp.Expr]]:
     items = []
     for projection in query.expressions:
         if isinstance(projection, exp.Alias):
@@ -454,11 +454,11 @@ def _named_items(query: exp.Select, name: str, call: exp.Expression) -> list[tup
     return items
 
 
-def _same(column: exp.Expression, value: exp.Expression) -> exp.Expression:
+def _same(column: exp.Expr, value: exp.Expr) -> exp.Expr:
     return exp.NullSafeEQ(this=column, expression=value.copy())
 
 
-def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
+def _conjuncts(condition: exp.Expr) -> list[exp.Expr]:
     if isinstance(condition, exp.And):
         return _conjuncts(condition.this) + _conjuncts(condition.expression)
     if isinstance(condition, exp.Paren):
@@ -466,7 +466,7 @@ def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
     return [condition]
 
 
-def _pushable(condition: exp.Expression, aliases: set[str], allow_unqualified: bool) -> bool:
+def _pushable(condition: exp.Expr, aliases: set[str], allow_unqualified: bool) -> bool:
     """A WHERE conjunct that only reads the agent input's sources (so it can filter the rows
     before the agent runs rather than after)."""
     for node in condition.walk():

@@ -99,7 +99,7 @@ class AgentCatalog:
         assert isinstance(statement, ShowTools)
         return self._show_tools()
 
-    def _create_tool(self, statement: CreateTool) -> None:
+    def _create_tool(self, statement: CreateTool) -> pa.Table | None:
         name, where = statement.name, f"CREATE TOOL {statement.name}"
         if name in self.tools and statement.if_not_exists:
             return None
@@ -144,7 +144,9 @@ class AgentCatalog:
         except duckdb.Error as exc:
             raise BinderError(f"{where}: {duckdb_error(exc).message}") from None
 
-    def _create_agent(self, statement: CreateAgent, resolve_model: Callable[[str], str]) -> None:
+    def _create_agent(
+        self, statement: CreateAgent, resolve_model: Callable[[str], str]
+    ) -> pa.Table | None:
         name = statement.name
         if name in self.agents and statement.if_not_exists:
             return None
@@ -164,7 +166,7 @@ class AgentCatalog:
         self._save(_AGENTS_TABLE, name, agent.to_json())
         return None
 
-    def _drop_tool(self, statement: DropTool) -> None:
+    def _drop_tool(self, statement: DropTool) -> pa.Table | None:
         name = statement.name
         if name not in self.tools:
             if statement.if_exists:
@@ -209,19 +211,23 @@ class AgentCatalog:
 
     # -- persistence ------------------------------------------------------------------------------
     def _load(self) -> None:
-        for table, target, load in (
-            (_TOOLS_TABLE, self.tools, ToolSpec.from_json),
-            (_AGENTS_TABLE, self.agents, AgentSpec.from_json),
-        ):
+        for name, spec in self._rows(_TOOLS_TABLE):
             try:
-                rows = self.connection.sql(f"SELECT name, spec FROM {table}").fetchall()
-            except duckdb.Error:
+                self.tools[name] = ToolSpec.from_json(spec)
+            except (TypeError, ValueError, KeyError):
+                continue  # written by another version: skip it rather than fail to connect
+        for name, spec in self._rows(_AGENTS_TABLE):
+            try:
+                self.agents[name] = AgentSpec.from_json(spec)
+            except (TypeError, ValueError, KeyError):
                 continue
-            for name, spec in rows:
-                try:
-                    target[name] = load(spec)  # type: ignore[index]
-                except (TypeError, ValueError, KeyError):
-                    continue  # written by another version: skip it rather than fail to connect
+
+    def _rows(self, table: str) -> list[tuple[str, str]]:
+        try:
+            return [(str(n), str(s)) for n, s in
+                    self.connection.sql(f"SELECT name, spec FROM {table}").fetchall()]
+        except duckdb.Error:
+            return []
 
     def _save(self, table: str, name: str, spec: str | None) -> None:
         if self.database == ":memory:" and not self._exists(table):

@@ -31,7 +31,7 @@ from sqlglot.errors import SqlglotError
 
 from halo_sql.errors import BinderError
 
-_FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = tuple(
+_FORBIDDEN_NODES: tuple[type[exp.Expr], ...] = tuple(
     getattr(exp, name)
     for name in (
         "Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "Copy", "Command",
@@ -100,7 +100,7 @@ def tables_read(sql: str) -> list[str]:
     return sorted(names)
 
 
-def _check_functions(tree: exp.Expression) -> None:
+def _check_functions(tree: exp.Expr) -> None:
     for node in tree.walk():
         if not isinstance(node, exp.Func):
             continue
@@ -113,7 +113,7 @@ def _check_functions(tree: exp.Expression) -> None:
             raise UnsafeQuery(f"function {name}() is not allowed in a tool's query")
 
 
-def _check_tables(tree: exp.Expression, declared: set[str]) -> None:
+def _check_tables(tree: exp.Expr, declared: set[str]) -> None:
     ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     for table in tree.find_all(exp.Table):
         if not isinstance(table.this, exp.Identifier):

@@ -18,6 +18,7 @@ observation `error: ...` that the agent reads at its next step.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import ipaddress
 import json
@@ -271,17 +272,14 @@ class ToolRunner:
             self.pending_sql.append((call, tool, arguments))
         else:
             run = _run_python if tool.kind is ToolKind.PYTHON else _run_http
-            self.cache.submit(tool, call, lambda: run(tool, arguments))
+            self.cache.submit(tool, call, functools.partial(run, tool, arguments))
         return call
 
     def run_sql(self) -> None:
         """Run the SQL calls collected so far, one after another on the connection."""
         jobs, self.pending_sql = self.pending_sql, []
         for call, tool, arguments in jobs:
-            _run_call(
-                call,
-                lambda tool=tool, arguments=arguments: _run_sql(self.connection, tool, arguments),
-            )
+            _run_call(call, functools.partial(_run_sql, self.connection, tool, arguments))
 
 
 def argument_problem(tool: ToolSpec, arguments: Any) -> str | None:

@@ -396,7 +396,12 @@ class PlanBuilder:
         for site in liftable:
             if _still_used(site, select):
                 node = add_map(site, node)
-        node = Project(node, tuple(row_columns) + tuple(added))
+        kept = tuple(row_columns) + tuple(added)
+        if not kept:
+            # count(*) over LLM-filtered rows needs the rows, not their values; a table needs at
+            # least one column, so one argument column (or the constant) stays.
+            kept = (projections[0].alias,) if projections else ("__one",)
+        node = Project(node, kept)
 
         rows_name = self.names.next("__halo_rows")
         self.inputs[rows_name] = NamedInput(rows_name, node)

@@ -13,16 +13,40 @@ physical planner builds one operator for it.
     >>> finalize(q, share=True)[0].sql
     'SELECT * FROM i1 JOIN i1 AS i2 USING (x)'
 
+Identity projections (a Project keeping every column of its input, in order) are dropped.
 Whatever the rules did, `finalize` also guarantees that one name never stands for two different
 plans in a statement (the executor would serve the first one's rows to both).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from halo_sql.logical import plan as lp
 from halo_sql.optimizer import sqltools
+
+
+_INTERNAL = re.compile(r"__llm_\d+|__halo_[a-z]+_\d+|__arg_\d+")
+
+
+def share_key(plan: lp.PlanNode) -> tuple[tuple[str, ...], str] | None:
+    """Equal keys: the plans compute the same rows under the same column names, up to the
+    planner's internal names (`__llm_3`, `__halo_rows_4`, ...). None: not a candidate."""
+    if isinstance(plan, lp.DuckDBQuery):
+        columns = sqltools.output_columns(plan.sql)
+    elif isinstance(plan, lp.Project):
+        columns = plan.columns
+    else:
+        columns = None
+    if columns is None:
+        return None
+    names: dict[str, str] = {}
+
+    def canonical(match: re.Match[str]) -> str:
+        return names.setdefault(match.group(0), f"<{len(names)}>")
+
+    return tuple(columns), _INTERNAL.sub(canonical, repr(plan))
 
 
 def finalize(
@@ -31,42 +55,7 @@ def finalize(
     """The plan with shared inputs merged (if `share`) and input names made unambiguous; also
     the map from each rewritten node to its new version."""
     translate: dict[lp.PlanNode, lp.PlanNode] = {}
-    representative: dict[lp.PlanNode, str] = {}
-    if share:
-        canonical: dict[lp.PlanNode, lp.PlanNode] = {}
-        names: dict[lp.PlanNode, str] = {}
-
-        def canon(node: lp.PlanNode) -> lp.PlanNode:
-            if node in canonical:
-                return canonical[node]
-            if isinstance(node, lp.DuckDBQuery):
-                mapping = {}
-                inputs = []
-                for named in node.inputs:
-                    child = canon(named.plan)
-                    key = names.setdefault(child, f"__halo_c{len(names)}")
-                    mapping[named.name] = key
-                    inputs.append(lp.NamedInput(key, child))
-                    representative.setdefault(child, named.name)
-                sql = sqltools.rename_tables(node.sql, mapping) if mapping else node.sql
-                out: lp.PlanNode = replace(node, sql=sql or node.sql, inputs=tuple(inputs))
-            elif node.children:
-                out = replace(node, child=canon(node.children[0]))  # type: ignore[call-arg]
-            else:
-                out = node
-            canonical[node] = out
-            return out
-
-        canon(root)
-        # name each input by the first name its canonical plan had
-        rename_of: dict[lp.PlanNode, str] = {}
-        for original, c in canonical.items():
-            if c in representative:
-                rename_of[original] = representative[c]
-    else:
-        canonical = {}
-        rename_of = {}
-
+    first: dict[tuple[tuple[str, ...], str], lp.NamedInput] = {}
     used: dict[str, lp.PlanNode] = {}
     assigned: dict[tuple[str, lp.PlanNode], str] = {}
     counter = [0]
@@ -80,19 +69,22 @@ def finalize(
             seen: set[str] = set()
             for named in node.inputs:
                 child = rebuild(named.plan)
-                name = rename_of.get(named.plan, named.name)
-                # Equal plans (up to input names, when sharing) may share a name; others not.
-                identity = canonical.get(named.plan, child)
-                if (name, identity) in assigned:
-                    name = assigned[(name, identity)]
+                name = named.name
+                key = share_key(child) if share else None
+                if key is not None:
+                    rep = first.setdefault(key, lp.NamedInput(name, child))
+                    name, child = rep.name, rep.plan
+                # One name, one plan: a name already standing for another plan gets a suffix.
+                if (name, child) in assigned:
+                    name = assigned[(name, child)]
                 else:
-                    key = (name, identity)
+                    original = name
                     owner = used.get(name)
-                    if owner is not None and owner != identity:
+                    if owner is not None and owner != child:
                         counter[0] += 1
                         name = f"{name}_v{counter[0]}"
-                    used.setdefault(name, identity)
-                    assigned[key] = name
+                    used.setdefault(name, child)
+                    assigned[(original, child)] = name
                 if name != named.name:
                     mapping[named.name] = name
                 if name not in seen:
@@ -105,6 +97,8 @@ def finalize(
                     raise ValueError(f"cannot rename inputs of {node.sql!r}")
                 sql = renamed
             out: lp.PlanNode = replace(node, sql=sql, inputs=tuple(inputs))
+        elif isinstance(node, lp.Project) and columns_of(node.child) == node.columns:
+            out = rebuild(node.child)  # keeps every column in order: nothing to do
         elif node.children:
             out = replace(node, child=rebuild(node.children[0]))  # type: ignore[call-arg]
         else:
@@ -113,3 +107,17 @@ def finalize(
         return out
 
     return rebuild(root), translate
+
+
+def columns_of(node: lp.PlanNode) -> tuple[str, ...] | None:
+    """Output columns of a plan when its text tells (None: unknown)."""
+    if isinstance(node, lp.DuckDBQuery):
+        return sqltools.output_columns(node.sql)
+    if isinstance(node, lp.Project):
+        return node.columns
+    if isinstance(node, lp.LLMMap):
+        below = columns_of(node.child)
+        return None if below is None else (*below, node.output_column)
+    if isinstance(node, lp.LLMFilter | lp.SQLFilter | lp.Limit):
+        return columns_of(node.child)
+    return None

@@ -165,7 +165,10 @@ def filter_inputs(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery | N
         fresh = [p for p in use.predicates if p not in present]
         if not fresh:
             return None
-        return lp.SQLFilter(named.plan, " AND ".join(f"({p})" for p in fresh) if len(fresh) > 1 else fresh[0])
+        plan = named.plan
+        for predicate in fresh:  # one filter per conjunct: each is known as applied below
+            plan = lp.SQLFilter(plan, predicate)
+        return plan
 
     return _rewrite_inputs(query, change)
 

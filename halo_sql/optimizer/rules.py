@@ -260,6 +260,17 @@ def parse_rule(text: str, *, origin: str = "<rule>") -> Rule:
     return dataclasses.replace(rule, source=text)
 
 
+def parse_term(text: str) -> Any:
+    """Parse a replacement term on its own (golden fixtures write input plans this way)."""
+    from halo_sql.parser.grammars import grammar
+
+    try:
+        tree = grammar("rules", start="term").parse(text)
+    except UnexpectedInput as exc:
+        raise ParseError(f"bad plan term at {exc.line}:{exc.column}: {exc}") from None
+    return _ToAst().transform(tree)
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 

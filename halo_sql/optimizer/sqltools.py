@@ -65,7 +65,25 @@ def output_columns(sql: str) -> tuple[str, ...] | None:
 
 
 def wrap_where(sql: str, predicate: str) -> str:
-    """`sql` filtered by `predicate` (over its output columns); DuckDB pushes it into scans."""
+    """`sql` filtered by `predicate` (over its output columns); DuckDB pushes it into scans.
+    A query this function already wrapped gets the predicate ANDed to its WHERE.
+
+    >>> wrap_where(wrap_where("SELECT 1 AS a", "a > 0"), "a < 2")
+    'SELECT * FROM (SELECT 1 AS a) AS __halo_f WHERE a > 0 AND a < 2'
+    """
+    tree = parse(sql)
+    if (
+        isinstance(tree, exp.Select)
+        and len(tree.expressions) == 1
+        and isinstance(tree.expressions[0], exp.Star)
+        and isinstance((tree.args.get("from_") or tree.args.get("from") or exp.From()).this, exp.Subquery)
+        and tree.args["from_" if "from_" in tree.args else "from"].this.alias == "__halo_f"
+        and not any(tree.args.get(k) for k in ("joins", "group", "having", "order", "limit", "qualify"))
+    ):
+        condition = _parse(f"SELECT 1 WHERE {predicate}")
+        where = condition.args.get("where") if condition is not None else None
+        if where is not None:
+            return tree.where(where.this.copy(), copy=False).sql(DIALECT)
     return f"SELECT * FROM ({sql}) AS __halo_f WHERE {predicate}"
 
 
@@ -256,9 +274,11 @@ def _predicates_on(tree: exp.Expression, name: str) -> list[str]:
             continue
         if not is_movable_predicate(conjunct):
             continue
-        moved = conjunct.copy()
-        for column in list(moved.find_all(exp.Column)):
-            column.replace(exp.column(exp.to_identifier(column.name, quoted=True)))
+        moved = conjunct.copy().transform(
+            lambda n: exp.column(exp.to_identifier(n.name, quoted=True))
+            if isinstance(n, exp.Column)
+            else n
+        )
         out.append(moved.sql(DIALECT))
     return out
 
