@@ -67,6 +67,8 @@ def _configure_shell(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("table", "csv", "json"), default="table",
                         help="result format (default: table)")
     parser.add_argument("--read-only", action="store_true", help="open the database read-only")
+    parser.add_argument("--batch", action="store_true",
+                        help="run all statements of -c/-f/stdin as one batch (shared LLM work)")
 
 
 def _run_shell(args: argparse.Namespace) -> int:
@@ -92,7 +94,7 @@ def _run_shell(args: argparse.Namespace) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     try:
-        return shell.run(session, scripts=args.scripts, mode=args.mode)
+        return shell.run(session, scripts=args.scripts, mode=args.mode, batch=args.batch)
     finally:
         shutdown_all()
         session.connection.close()
@@ -120,12 +122,53 @@ def _run_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve -----------------------------------------------------------------------------------------
+def _configure_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("database", nargs="?", default=":memory:", metavar="DATABASE",
+                        help="DuckDB database file (default: in-memory)")
+    parser.add_argument("--model", help="default model: a directory or hub id ($HALO_MODEL)")
+    parser.add_argument("--backend", choices=("vllm", "sim"), help="backend of the default model")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    parser.add_argument("--latency-budget-ms", type=float, default=50.0,
+                        help="how long an arrival may wait for others to share its batch")
+    parser.add_argument("--max-batch", type=int, default=256, help="largest mini-batch")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from halo_sql.errors import HaloError
+    from halo_sql.frontends.server import serve
+
+    try:
+        server = serve(
+            args.database, host=args.host, port=args.port, model=args.model, backend=args.backend,
+            latency_budget_ms=args.latency_budget_ms, max_batch=args.max_batch,
+        )
+    except (HaloError, OSError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    print(f"halo-sql serving on {server.url} (POST /query, GET /stats); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print(json.dumps(server.batcher.stats.as_dict()), file=sys.stderr)
+        server.stop()
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
         Command("shell", "the SQL shell (the default command)", _configure_shell, _run_shell),
         Command("make-tiny-model", "write a tiny random-weight model (for tests and dry runs)",
                 _configure_tiny_model, _run_tiny_model),
+        Command("serve", "serve queries over HTTP on localhost, grouped into mini-batches",
+                _configure_serve, _run_serve),
     )
 }
 """Subcommands by name; add `calibrate`, `serve`, `bench` here."""

@@ -107,3 +107,35 @@ def test_memory_stays_flat_as_a_50k_row_statement_grows() -> None:
 
     small, large = peak(10_000), peak(50_000)
     assert large < small * 1.3, (small, large)
+
+
+def test_executemany_of_a_query_runs_as_one_batch(con: halo_sql.Connection) -> None:
+    cursor = con.cursor()
+    cursor.executemany(
+        "SELECT LLM('Summarize this customer note for the account team: {text}') AS s "
+        "FROM notes WHERE id = ?",
+        [[0], [20], [40]],  # the three notes share one text: one request serves all three
+    )
+    assert cursor.fetchall()
+    assert con.stats()["llm_requests"] == 1
+
+
+def test_shell_batch_flag_runs_a_file_as_one_batch(tmp_path: object) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(str(tmp_path)) / "many.sql"
+    script.write_text(
+        "SELECT LLM('Greet {x}') AS a FROM (VALUES ('ann'), ('bob')) t(x);\n"
+        "SELECT LLM('Greet {x}') AS a FROM (VALUES ('bob')) t(x);\n"
+        "SELECT no_such_column;\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "halo_sql.cli", "--backend", "sim", "--mode", "csv", "-f", str(script), "--batch"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 1  # the third statement fails; the first two still print
+    assert done.stdout.count("\na\n") + done.stdout.startswith("a\n") == 2
+    assert f"[{script}:3]" in done.stderr
+    assert "3 statements, 1 failed, 2 LLM requests" in done.stderr

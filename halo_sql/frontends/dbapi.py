@@ -23,6 +23,8 @@ Transactions follow DuckDB: statements commit on their own unless a transaction 
 
 from __future__ import annotations
 
+import re
+
 import datetime
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -214,6 +216,9 @@ def result_set(con: duckdb.DuckDBPyConnection, result: Result) -> tuple[pa.Table
 
 
 # -- connection ----------------------------------------------------------------------------------
+_READ_QUERY = re.compile(r"^\s*(WITH|SELECT|FROM|VALUES)\b", re.I)
+
+
 class Connection:
     """A halo-sql connection (wraps one `Session`): engine API plus PEP 249."""
 
@@ -376,15 +381,30 @@ class Cursor:
         return self
 
     def executemany(self, operation: str, seq_of_parameters: Sequence[Params]) -> Cursor:
-        """Run `operation` once per parameter set; `rowcount` is the total of changed rows."""
+        """Run `operation` once per parameter set; `rowcount` is the total of changed rows.
+
+        A query (SELECT/WITH) over several parameter sets runs as one batch
+        (`Session.execute_batch`): its LLM work is shared and batched across the sets. The first
+        failing set raises its error after the others finished; the result set is the last one.
+        """
         session = self._session()
         total = 0
         known = True
         last: Result | None = None
         rows: pa.Table | None = None
-        for parameters in seq_of_parameters:
+        sets = list(seq_of_parameters)
+        for parameters in sets:
             _check_parameters(parameters)
-            last = _run(session, operation, parameters)
+        if len(sets) > 1 and _READ_QUERY.match(operation):
+            batch = session.execute_batch(operation, sets)
+            if batch.errors:
+                raise batch.errors[0][1]
+            results = batch.results
+        else:
+            results = []
+            for parameters in sets:
+                results.append(_run(session, operation, parameters))
+        for last in results:
             rows, count = result_set(session.connection, last)
             if count < 0:
                 known = False

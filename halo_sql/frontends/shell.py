@@ -250,6 +250,35 @@ class Shell:
         result: Result = box["result"]
         return result
 
+    def run_batch(self, scripts: list[tuple[str, str]]) -> bool:
+        """Run every statement of the scripts as one batch (`--batch`): planned together, LLM
+        work shared across statements; results print in input order. False if any failed."""
+        statements: list[tuple[str, str, int]] = []  # (sql, source, line)
+        for text, source in scripts:
+            for unit in _units(text):
+                if unit.kind == "dot":
+                    self._error(f"Error: dot-commands cannot run in --batch mode [{source}:{unit.line}]")
+                    return False
+                for statement in split_statements(unit.text):
+                    statements.append((statement.text, source, unit.line + statement.line - 1))
+        if not statements:
+            return True
+        batch = self.session.execute_batch([sql for sql, _, _ in statements])
+        ok = True
+        for (_, source, line), result in zip(statements, batch.results, strict=True):
+            if result.error is not None:
+                ok = False
+                self._error(f"Error: {result.error} [{source}:{line}]")
+            else:
+                self.print_result(result)
+        stats = batch.stats()
+        self._error(
+            f"batch: {stats['queries']} statements, {stats['failed_queries']} failed, "
+            f"{stats['llm_requests']} LLM requests in {stats['backend_calls']} backend calls, "
+            f"{stats['seconds']:.2f} s"
+        )
+        return ok
+
     # -- printing --------------------------------------------------------------------------------
     def print_result(self, result: Result) -> None:
         rows, count = result_set(self.session.connection, result)
@@ -813,6 +842,7 @@ def run(
     stdin: TextIO | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    batch: bool = False,
 ) -> int:
     """Run `scripts` (('sql', text) or ('file', path) pairs, in order), else piped stdin, else
     the interactive loop. Returns the exit status: 0, 1 after a failed statement, 130 after
@@ -825,6 +855,18 @@ def run(
         if interactive:
             _banner(shell)
             return shell.repl()
+        if batch:
+            texts: list[tuple[str, str]] = []
+            for kind, value in scripts or [("sql", stdin.read())]:
+                if kind == "file":
+                    try:
+                        texts.append((Path(value).read_text(), value))
+                    except OSError as exc:
+                        shell._error(f"Error: cannot read {value}: {exc.strerror}")
+                        return 1
+                else:
+                    texts.append((value, "<sql>" if scripts else "<stdin>"))
+            return 0 if shell.run_batch(texts) else 1
         for kind, value in scripts or [("sql", stdin.read())]:
             if kind == "file":
                 try:
