@@ -161,6 +161,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate() -> Any:
+    from halo_sql.optimizer import calibrate  # the optimizer's subcommand (issue 4)
+
+    return calibrate
+
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
@@ -169,6 +175,8 @@ COMMANDS: dict[str, Command] = {
                 _configure_tiny_model, _run_tiny_model),
         Command("serve", "serve queries over HTTP on localhost, grouped into mini-batches",
                 _configure_serve, _run_serve),
+        Command("calibrate", "measure a backend and store its cost-model profile",
+                lambda p: _calibrate().configure(p), lambda a: _calibrate().run(a)),
     )
 }
 """Subcommands by name; add `calibrate`, `serve`, `bench` here."""

@@ -546,9 +546,9 @@ def test_explain_shows_agent_nodes_with_their_tools(con: halo_sql.Connection) ->
         "    AgentCall: a(model=default, max_steps=2, max_tokens=256, temperature=0.0, seed=0, "
         "tools=['orders_of']) answer=[answer BOOLEAN] input=['id']",
         "      tool orders_of: SQL 'SELECT order_id, price FROM orders WHERE customer_id = :cid "
-        "ORDER BY order_id' tables=['orders'] timeout=10s parameters={\"additionalProperties\": "
-        "false, \"properties\": {\"cid\": {\"type\": \"integer\"}}, \"required\": [\"cid\"], "
-        "\"type\": \"object\"} description='The orders of a customer.'",
+        "ORDER BY order_id' tables=['orders'] timeout=10s parameters={\"type\": \"object\", "
+        "\"properties\": {\"cid\": {\"type\": \"integer\"}}, \"required\": [\"cid\"], "
+        "\"additionalProperties\": false} description='The orders of a customer.'",
         "      DuckDBQuery: SELECT id FROM customers WHERE segment = 1",
     ]
 
@@ -600,3 +600,12 @@ def test_voting_and_reflection_run_as_agent_queries(con: halo_sql.Connection) ->
         )) AS c USING (id)""")
     agents = {id(n): n.agent.name for n in plan.root.walk() if isinstance(n, AgentCall)}
     assert sorted(agents.values()) == ["critic", "writer"]  # the drafts: one node, read twice
+
+
+def test_object_answers_keep_their_declared_field_order(con: halo_sql.Connection) -> None:
+    con.sql("CREATE AGENT a WITH (instructions => 'x', "
+            "output => '{\"verdict\": \"string\", \"confidence\": \"number\", \"because\": \"string\"}')")
+    scripted(con, lambda t: final({"because": "b", "verdict": "v", "confidence": 0.5}))
+    t = con.sql("SELECT * FROM AGENT('a', input => (SELECT 1 AS id))")
+    assert t.column_names == ["id", "verdict", "confidence", "because", "steps", "tool_calls",
+                              "error"]

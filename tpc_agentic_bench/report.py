@@ -155,9 +155,8 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     workloads = report["workloads"]
-    names: list[str] = []  # every system that ran somewhere, in run order
-    for w in workloads:
-        names += [r["name"] for r in w["systems"] if r.get("available") and r["name"] not in names]
+    ran = {r["name"] for w in workloads for r in w["systems"] if r.get("available")}
+    names = [n for n in report["meta"]["settings"]["systems"] if n in ran]  # in run order
     keys = [w["key"] for w in workloads]
     fig, (speed_ax, lb_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(len(names), 1)

@@ -223,10 +223,12 @@ def run_agent_loop(
     for key in keys:
         runs.setdefault(key, _Run(key))  # equal inputs run one agent: same prompts, same calls
     cache = tool_cache(ctx)
+    runner = ToolRunner(cache, ctx.connection)
     cache.enter()
     try:
-        _Driver(op, ctx.runtime, ctx.stats, ToolRunner(cache, ctx.connection)).run(list(runs.values()))
+        _Driver(op, ctx.runtime, ctx.stats, runner).run(list(runs.values()))
     finally:
+        runner.abandon()  # after a cancellation: no other query may wait for calls never run
         cache.leave()
     out = _output_table(table, keys, runs, op.agent.shape)
     if out.num_rows == 0:
@@ -345,11 +347,11 @@ class _Driver:
                 break
             if self.stats.cancel.is_set():
                 raise QueryCancelled("statement cancelled while agent tools ran")
-            wake = [0.25]
-            wake += [d - now for run in waiting if run.pending and (d := run.pending[0].deadline())]
+            running = [run.pending[0] for run in waiting if run.pending and run not in done]
+            wake = [0.25] + [d - now for call in running if (d := call.deadline()) is not None]
             if done:
                 wake.append(began + window - now)
-            open_futures = [run.pending[0].future for run in waiting if run.pending and run not in done]
+            open_futures = [call.future for call in running]
             wait_futures(open_futures, timeout=max(0.001, min(wake)), return_when=FIRST_COMPLETED)
         now = time.monotonic()
         for run in done:

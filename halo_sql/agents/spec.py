@@ -66,7 +66,7 @@ class ToolSpec:
     target: str
     """SQL text with `:name` parameters, 'module:function', or an http(s) URL."""
     parameters: str
-    """JSON schema (canonical text) of the arguments object; the model's calls are constrained
+    """JSON schema (as text, property order kept) of the arguments object; the model's calls are constrained
     to it, so a backend with structured outputs always produces arguments that parse."""
     description: str = ""
     tables: tuple[str, ...] = ()
@@ -140,7 +140,7 @@ class ToolSpec:
             name=name,
             kind=tool_kind,
             target=target,
-            parameters=json.dumps(schema, sort_keys=True),
+            parameters=json.dumps(schema),  # property order kept: the model writes them in it
             description=str(options.get("description", "")),
             tables=tuple(sorted(str(t).lower() for t in tables)),
             timeout=_positive(options.get("timeout", 10.0), where, "timeout"),
@@ -189,7 +189,7 @@ class AgentSpec:
     instructions: str
     tools: tuple[str, ...]
     output: str
-    """JSON schema (canonical text) of the final answer."""
+    """JSON schema (as text, property order kept) of the final answer."""
     model: str | None = None
     """None: the session's default model when a query calls the agent."""
     max_steps: int = 4
@@ -207,6 +207,15 @@ class AgentSpec:
     @property
     def shape(self) -> AnswerShape:
         return AnswerShape.of(self.output_schema)
+
+    @property
+    def expected_steps(self) -> float:
+        """Model replies per row a cost estimate should assume: the declared `steps_hint`, else
+        half of `max_steps` (at least one). Each is one request; a row's prompt grows by one
+        tool result per step, and all but the newest part is a cached prefix."""
+        if self.steps_hint is not None:
+            return min(float(self.max_steps), self.steps_hint)
+        return max(1.0, self.max_steps / 2)
 
     @staticmethod
     def create(name: str, options: Mapping[str, Any]) -> AgentSpec:
@@ -236,7 +245,8 @@ class AgentSpec:
             name=name,
             instructions=str(options["instructions"]),
             tools=tuple(names),
-            output=json.dumps(output_schema(options.get("output", "VARCHAR"), where), sort_keys=True),
+            # Property order kept: it is the order of the answer columns.
+            output=json.dumps(output_schema(options.get("output", "VARCHAR"), where)),
             model=None if model is None else str(model),
             max_steps=int(_positive(options.get("max_steps", 4), where, "max_steps")),
             max_tokens=int(_positive(options.get("max_tokens", 256), where, "max_tokens")),
@@ -309,7 +319,7 @@ class AnswerShape:
         return AnswerShape(columns, tuple(types), bool(props), many)
 
 
-def output_schema(value: Any, where: str) -> dict[str, Any]:
+def output_schema(value: Any, where: str = "output") -> dict[str, Any]:
     """The JSON schema of an agent's answer from CREATE AGENT's `output` option.
 
     A type name ('VARCHAR', 'BOOLEAN', 'INTEGER', 'DOUBLE'), a list of labels, a JSON schema, or

@@ -275,6 +275,12 @@ class ToolRunner:
             self.cache.submit(tool, call, functools.partial(run, tool, arguments))
         return call
 
+    def abandon(self) -> None:
+        """Resolve SQL calls that will not run now (the operator is stopping)."""
+        jobs, self.pending_sql = self.pending_sql, []
+        for call, _, _ in jobs:
+            call.finish(Observation("error: cancelled", False))
+
     def run_sql(self) -> None:
         """Run the SQL calls collected so far, one after another on the connection."""
         jobs, self.pending_sql = self.pending_sql, []

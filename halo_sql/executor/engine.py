@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import dataclasses
+import itertools
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -106,6 +109,9 @@ def materialize(op: po.PhysicalOp, ctx: ExecutionContext) -> pa.Table:
     return table
 
 
+_udf_serial = itertools.count(1)
+
+
 @singledispatch
 def stream(op: po.PhysicalOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
     raise TypeError(f"cannot execute {type(op).__name__}")
@@ -129,11 +135,16 @@ def _(op: po.DuckDBSubplan, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
         for named in op.inputs:
             con.register(named.name, ctx.materialized[named.name])
             registered.append(named.name)
+        sql = op.sql
         for udf in op.udfs:
-            register_llm_udf(con, udf, ctx.runtime, ctx.stats)
-            functions.append(udf.name)
+            # Functions live in the database's catalog, shared by every cursor: a name unique to
+            # this execution keeps concurrent queries of a batch from colliding.
+            unique = f"{udf.name}_{next(_udf_serial)}"
+            sql = re.sub(rf"\b{re.escape(udf.name)}\b", unique, sql, flags=re.IGNORECASE)
+            register_llm_udf(con, dataclasses.replace(udf, name=unique), ctx.runtime, ctx.stats)
+            functions.append(unique)
         try:
-            relation = con.sql(op.sql)
+            relation = con.sql(sql)
             if relation is None:
                 yield None  # type: ignore[misc]  # a statement without a result set
                 return

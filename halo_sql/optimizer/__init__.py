@@ -135,6 +135,7 @@ def _optimize(
     stats = Statistics(context)
     if stats.sample_rows and _llm_predicates(plan.root) < 2:
         stats.sample_rows = 0  # the choice of plan does not depend on selectivities
+    stats.prefetch(_llm_sources(plan.root))
     search = Search(rules_in_force(settings), HELPERS, CostModel(stats), task_budget=settings.task_budget)
     search.context.extra = stats  # type: ignore[attr-defined]
     root = search.optimize(plan.root)
@@ -203,6 +204,20 @@ def _shared(before: lp.PlanNode, after: lp.PlanNode) -> bool:
         return {i.name for n in node.walk() if isinstance(n, lp.DuckDBQuery) for i in n.inputs}
 
     return len(names(after)) < len(names(before))
+
+
+def _llm_sources(root: lp.PlanNode) -> dict[str, set[tuple[str, ...]]]:
+    """Relational source SQL -> argument column sets of the LLM operators above it."""
+    out: dict[str, set[tuple[str, ...]]] = {}
+    for node in root.walk():
+        if not isinstance(node, lp.LLMFilter | lp.LLMMap):
+            continue
+        below = node.child
+        while isinstance(below, lp.LLMFilter | lp.LLMMap | lp.SQLFilter | lp.Project | lp.Limit):
+            below = below.child
+        if isinstance(below, lp.DuckDBQuery) and not below.inputs and not below.udfs:
+            out.setdefault(below.sql, set()).add(node.arguments)
+    return out
 
 
 def _plain(root: lp.PlanNode) -> bool:

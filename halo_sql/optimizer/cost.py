@@ -264,7 +264,7 @@ class CostModel:
         self, call: LLMCall, args: tuple[str, ...], child: LogicalProps, rows: float
     ) -> Cost:
         """Cost of asking `call` about `rows` rows of `child`."""
-        arg = self.stats.arg_stats(child.source, args)
+        arg = self.stats.op_stats(call, child.source, args)
         requests = rows * arg.live_fraction * arg.distinct_fraction if args else min(rows, 1.0)
         if requests <= 0:
             return ZERO

@@ -135,7 +135,7 @@ class Rule:
 def _parser() -> Lark:
     from halo_sql.parser.grammars import grammar
 
-    return grammar("rules")
+    return grammar("rules", cache=True)  # lark caches the compiled tables on disk
 
 
 class _ToAst(Transformer):  # type: ignore[type-arg]
@@ -265,7 +265,7 @@ def parse_term(text: str) -> Any:
     from halo_sql.parser.grammars import grammar
 
     try:
-        tree = grammar("rules", start="term").parse(text)
+        tree = grammar("rules", start="term", cache=True).parse(text)
     except UnexpectedInput as exc:
         raise ParseError(f"bad plan term at {exc.line}:{exc.column}: {exc}") from None
     return _ToAst().transform(tree)

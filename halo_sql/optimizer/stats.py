@@ -112,6 +112,7 @@ class Statistics:
         self._rows: dict[str, int | None] = {}
         self._filters: dict[tuple[str, str], float | None] = {}
         self._args: dict[tuple[str, tuple[str, ...]], ArgStats] = {}
+        self._op_args: dict[tuple[LLMCall, tuple[str, ...]], ArgStats] = {}
         self._prompts: dict[tuple[LLMCall, tuple[str, ...]], PromptStats] = {}
         self._selectivity: dict[tuple[LLMCall, tuple[str, ...]], float] = {}
         self._columns: dict[str, tuple[str, ...] | None] = {}
@@ -160,6 +161,55 @@ class Statistics:
             return None
 
     # -- LLM operators ---------------------------------------------------------------------
+    def prefetch(self, sources: dict[str, set[tuple[str, ...]]]) -> None:
+        """Argument statistics of every LLM operator over each relational source, two queries
+        per source (one for counts, one for a sample), instead of two per operator."""
+        for source, arg_sets in sorted(sources.items()):
+            sets = sorted(a for a in arg_sets if a and (source, a) not in self._args)
+            if not sets:
+                continue
+            parts = ["count(*)"]
+            for args in sets:
+                cols = ", ".join(quote(a) for a in args)
+                live = " AND ".join(f"{quote(a)} IS NOT NULL" for a in args)
+                parts += [
+                    f"count(*) FILTER (WHERE {live})",
+                    f"count(DISTINCT ({cols})) FILTER (WHERE {live})",
+                ]
+            rows = self._query(f"SELECT {', '.join(parts)} FROM ({source}) AS __halo_c")
+            columns = sorted({a for args in sets for a in args})
+            cols = ", ".join(quote(c) for c in columns)
+            size = max(self.sample_rows, 16)
+            sample = self._query(
+                f"SELECT {cols} FROM ({source}) AS __halo_c ORDER BY hash({cols}), {cols} LIMIT {size}"
+            )
+            if not rows:
+                continue
+            values = [int(v or 0) for v in rows[0]]
+            total = values[0]
+            self._rows.setdefault(source, total)
+            for i, args in enumerate(sets):
+                alive, distinct = values[1 + 2 * i], values[2 + 2 * i]
+                stats = ArgStats(
+                    rows=total,
+                    live_fraction=alive / total if total else 1.0,
+                    distinct_fraction=distinct / alive if alive else 1.0,
+                )
+                positions = [columns.index(a) for a in args]
+                for row in sample or []:
+                    picked = tuple(row[p] for p in positions)
+                    if all(v is not None for v in picked):
+                        stats.sample.append(tuple(str(v) for v in picked))
+                self._args[(source, args)] = stats
+
+    def op_stats(self, call: LLMCall, source: str | None, args: tuple[str, ...]) -> ArgStats:
+        """Argument statistics of one LLM operator, fixed at the first source it was seen over
+        (the same operator in another position of the plan asks about the same kind of rows)."""
+        key = (call, args)
+        if key not in self._op_args:
+            self._op_args[key] = self.arg_stats(source, args)
+        return self._op_args[key]
+
     def arg_stats(self, source: str | None, args: tuple[str, ...]) -> ArgStats:
         key = (source or "", args)
         if key in self._args:
@@ -196,7 +246,7 @@ class Statistics:
         profile = self.context.profile(call.model)
         block = max(1, profile.block_size)
         count = self._counter(call.model)
-        sample = self.arg_stats(source, args).sample
+        sample = self.op_stats(call, source, args).sample
         if not sample:
             sample = [tuple("x " * DEFAULT_ARG_TOKENS for _ in call.template.slots)]
         prompts = sorted(call.prompt(list(values)) for values in sample)
@@ -224,11 +274,11 @@ class Statistics:
         if key in self._selectivity:
             return self._selectivity[key]
         value = DEFAULT_SELECTIVITY
-        rows = self.arg_stats(source, args).rows if self.sample_rows > 0 else None
+        rows = self.op_stats(call, source, args).rows if self.sample_rows > 0 else None
         # A sample is only worth asking for when it is small next to the rows it informs: its
         # answers are reused only for the rows the chosen plan really asks about.
         if self.sample_rows > 0 and rows is not None and rows >= SAMPLE_FRACTION_LIMIT * self.sample_rows:
-            sample = self.arg_stats(source, args).sample[: self.sample_rows]
+            sample = self.op_stats(call, source, args).sample[: self.sample_rows]
             answers = None
             if sample:
                 try:

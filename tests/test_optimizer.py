@@ -1,0 +1,415 @@
+"""The optimizer as a whole: the Cascades search, equivalence with every rule on and off, the cost
+model's ranking against measured cost, EXPLAIN, sampled selectivities, settings."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+import halo_sql
+from halo_sql.llm.base import OutputSpec
+from halo_sql.logical import plan as lp
+from halo_sql.logical.llm_call import LLMCall, LLMFunction
+from halo_sql.optimizer import (
+    BATCH_DISABLED,
+    OptimizerSettings,
+    estimate,
+    for_batch,
+    optimize,
+    rule_names,
+)
+from halo_sql.optimizer.cost import Required
+from halo_sql.optimizer.memo import GroupRef, Memo
+from halo_sql.optimizer.search import Search
+from halo_sql.optimizer.session_context import SessionContext
+from halo_sql.optimizer.stats import NullContext
+from halo_sql.parser.template import parse_template
+
+SETUP = (Path(__file__).parent / "golden" / "rules" / "setup.sql").read_text()
+ALL_OFF = "SET disable_rules = 'all'"
+
+
+@pytest.fixture(autouse=True)
+def _no_calibrated_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans must not depend on profiles calibrated on this machine."""
+    monkeypatch.setenv("HALO_PROFILE_DIR", str(tmp_path / "profiles"))
+    monkeypatch.setenv("HALO_OPTIMIZER_STRICT", "1")
+
+
+@pytest.fixture
+def con() -> Iterator[halo_sql.Connection]:
+    connection = halo_sql.connect(backend="sim")
+    connection.sql(SETUP)
+    yield connection
+    connection.close()
+
+
+def _call(function: LLMFunction, template: str, output: OutputSpec) -> LLMCall:
+    return LLMCall(function, parse_template(template), "default", output=output)
+
+
+def _rows(table: Any, ordered: bool) -> list[Any]:
+    rows = [tuple(r.values()) for r in table.to_pylist()]
+    return rows if ordered else sorted(rows, key=repr)
+
+
+# -- the memo and the search ---------------------------------------------------------------------
+
+
+def test_the_memo_keeps_one_expression_per_fingerprint() -> None:
+    memo = Memo()
+    source = lp.DuckDBQuery("SELECT 1 AS a")
+    first = memo.insert(lp.Limit(lp.Project(source, ("a",)), 3))
+    again = memo.insert(lp.Limit(lp.Project(source, ("a",)), 3))
+    assert again is first
+    assert memo.expression_count == 3 and len(memo.groups) == 3
+    # a rewrite into an existing group that the memo already knows adds nothing
+    assert memo.insert(lp.Project(GroupRef(0), ("a",)), group=2) is memo.group(1).exprs[0]
+
+
+def test_rules_fire_once_per_expression_and_are_recorded() -> None:
+    from halo_sql.optimizer.cost import CostModel
+    from halo_sql.optimizer.functions import HELPERS
+    from halo_sql.optimizer.rules import load_registry
+    from halo_sql.optimizer.stats import Statistics
+
+    filter_a = _call(LLMFunction.FILTER, "A? {x}", OutputSpec.boolean())
+    filter_b = _call(LLMFunction.FILTER, "B? {x}", OutputSpec.boolean())
+    source = lp.DuckDBQuery('SELECT \'t\' AS "x"')
+    plan = lp.LLMFilter(lp.LLMFilter(source, filter_a, ("x",)), filter_b, ("x",))
+    search = Search(load_registry().rules, HELPERS, CostModel(Statistics(NullContext())))
+    root = search.optimize(plan)
+    exprs = search.memo.group(root).exprs
+    assert len(exprs) == 2  # both orders, once each (swapping back finds the first again)
+    assert exprs[1].lineage == {"reorder_llm_filters"}
+    assert all("reorder_llm_filters" in e.fired for e in exprs)
+    assert Required() in search.memo.group(root).winners
+
+
+class _Answers(NullContext):
+    """A context whose model says yes to a fixed share of rows per template (for ranking)."""
+
+    sample_rows = 20
+
+    def __init__(self, yes_share: dict[str, float]) -> None:
+        super().__init__()
+        self.yes_share = yes_share
+
+    def run_sql(self, sql: str) -> list[tuple[Any, ...]] | None:
+        return duckdb.sql(sql).fetchall()
+
+    def ask(self, call: LLMCall, rows: Sequence[Sequence[str]]) -> list[Any] | None:
+        share = self.yes_share[str(call.template)]
+        return [i < share * len(rows) for i in range(len(rows))]
+
+
+def test_llm_predicates_run_in_rank_order_of_cost_over_one_minus_selectivity() -> None:
+    source = lp.DuckDBQuery(
+        "SELECT 'review ' || range AS \"x\", 'n' || (range % 7) AS \"y\" FROM range(400)"
+    )
+    cheap_unselective = _call(LLMFunction.FILTER, "Late? {x}", OutputSpec.boolean())
+    costly_selective = _call(
+        LLMFilter_template := LLMFunction.FILTER,
+        "Compare {x} with {y}, {y} and {x}: do they describe one order?",
+        OutputSpec.boolean(),
+    )
+    del LLMFilter_template
+    shares = {str(cheap_unselective.template): 0.9, str(costly_selective.template): 0.1}
+    plan = lp.StatementPlan(
+        lp.LLMFilter(lp.LLMFilter(source, cheap_unselective, ("x",)), costly_selective, ("x", "y", "y", "x"))
+    )
+    best = optimize(plan, _Answers(shares), OptimizerSettings())
+    report = best.optimizer
+    first = best.root.child  # the filter that runs first (lowest)
+    assert isinstance(first, lp.LLMFilter) and first.call == costly_selective
+    # and that is the rank order: cost per row / (1 - selectivity) is smaller for it
+    per_row = {
+        call: estimate(lp.LLMFilter(source, call, args)).seconds
+        for call, args in ((cheap_unselective, ("x",)), (costly_selective, ("x", "y", "y", "x")))
+    }
+    sel = {cheap_unselective: (18 + 1) / 22, costly_selective: (2 + 1) / 22}  # smoothed samples
+    rank = {call: per_row[call] / (1 - sel[call]) for call in per_row}
+    assert rank[costly_selective] < rank[cheap_unselective]
+    assert report.search.fired.get("reorder_llm_filters")
+
+
+# -- equivalence -----------------------------------------------------------------------------------
+
+EQUIVALENCE = [
+    ("filter_then_map", "SELECT id, LLM('Summarize {text}') AS s FROM reviews "
+     "WHERE stars <= 2 AND LLM_FILTER('Late? {text}') ORDER BY id", True),
+    ("two_predicates", "SELECT id FROM reviews WHERE LLM_FILTER('Late? {text}') AND "
+     "LLM_CLASSIFY('Topic of {text}', ['delivery', 'quality', 'price']) = 'delivery' ORDER BY id", True),
+    ("three_predicates", "SELECT id, stars FROM reviews WHERE LLM_FILTER('Late? {text}') AND "
+     "LLM_FILTER('Do {text} and {note} agree?') AND LLM_CLASSIFY('Mood of {text}', ['good', 'bad']) "
+     "= 'bad' AND id % 2 = 0", False),
+    ("cte_filter", "WITH t AS (SELECT id, stars, LLM('Summarize {text}') AS s FROM reviews) "
+     "SELECT id, s FROM t WHERE stars = 3 ORDER BY id", True),
+    ("cte_count", "WITH t AS (SELECT id, LLM('Summarize {text}') AS s FROM reviews) "
+     "SELECT count(*) AS n FROM t", True),
+    ("cte_limit_ordered_source", "WITH t AS (SELECT id, LLM('Summarize {text}') AS s FROM reviews) "
+     "SELECT * FROM t WHERE id < 30 ORDER BY id", True),
+    ("derived_bool", "SELECT * FROM (SELECT id, LLM_FILTER('Late? {text}') AS late FROM reviews) AS d "
+     "WHERE d.late AND d.id < 50 ORDER BY id", True),
+    ("join_after_llm", "WITH t AS (SELECT id, product, LLM('Summarize {text}') AS s FROM reviews) "
+     "SELECT t.id, p.category, t.s FROM t JOIN products AS p ON p.name = t.product "
+     "WHERE p.category = 'office' AND t.id < 80 ORDER BY t.id", True),
+    ("group_by_llm", "SELECT LLM_CLASSIFY('Topic of {text}', ['delivery', 'quality']) AS topic, "
+     "count(*) AS n FROM reviews WHERE stars > 3 GROUP BY ALL ORDER BY topic", True),
+    ("limit_over_filter", "SELECT id FROM reviews WHERE LLM_FILTER('Late? {text}') "
+     "ORDER BY id LIMIT 4", True),
+    ("same_derived_twice", "SELECT a.id, a.s, b.s AS s2 FROM (SELECT id, LLM('Summarize {text}') AS s "
+     "FROM reviews WHERE id < 9) AS a JOIN (SELECT id, LLM('Summarize {text}') AS s FROM reviews "
+     "WHERE id < 9) AS b ON a.id = b.id ORDER BY a.id", True),
+    ("unused_map_in_cte", "WITH t AS (SELECT id, note, LLM('Summarize {text}') AS s, "
+     "LLM('Title of {text}') AS title FROM reviews WHERE id < 40) SELECT id, title FROM t "
+     "WHERE note = 'note 3' ORDER BY id", True),
+    ("aggregate_udf", "SELECT product, LLM_AGG('Summarize the reviews', text) AS summary "
+     "FROM reviews WHERE id < 30 GROUP BY product ORDER BY product", True),
+    ("null_arguments", "WITH t AS (SELECT id, CASE WHEN id % 3 = 0 THEN NULL ELSE text END AS txt "
+     "FROM reviews) SELECT id, LLM('Summarize {txt}') AS s FROM t WHERE id < 20 ORDER BY id", True),
+]
+
+
+@pytest.mark.parametrize(("name", "sql", "ordered"), EQUIVALENCE, ids=[e[0] for e in EQUIVALENCE])
+def test_all_rules_on_and_all_rules_off_give_the_same_rows(
+    con: halo_sql.Connection, name: str, sql: str, ordered: bool
+) -> None:
+    con.sql(ALL_OFF)
+    off = con.sql(sql)
+    cost_off = con.session.last_stats.llm_requests
+    con.sql("RESET disable_rules")
+    on = con.sql(sql)
+    cost_on = con.session.last_stats.llm_requests
+    assert on.column_names == off.column_names
+    assert _rows(on, ordered) == _rows(off, ordered)
+    # sampling may add a few requests; otherwise the optimized plan never asks for more
+    assert cost_on <= cost_off + 2 * 16, (cost_on, cost_off)
+
+
+TPCH_QUERIES = {
+    "q1": """SELECT l_returnflag, l_linestatus, sum(l_quantity) AS sum_qty,
+        sum(l_extendedprice * (1 - l_discount)) AS sum_disc_price, avg(l_discount) AS avg_disc,
+        count(*) AS count_order FROM lineitem WHERE l_shipdate <= DATE '1998-12-01' - INTERVAL 90 DAY
+        GROUP BY l_returnflag, l_linestatus ORDER BY l_returnflag, l_linestatus""",
+    "q3": """SELECT l_orderkey, sum(l_extendedprice * (1 - l_discount)) AS revenue, o_orderdate,
+        o_shippriority FROM customer, orders, lineitem WHERE c_mktsegment = 'BUILDING'
+        AND c_custkey = o_custkey AND l_orderkey = o_orderkey AND o_orderdate < DATE '1995-03-15'
+        AND l_shipdate > DATE '1995-03-15' GROUP BY l_orderkey, o_orderdate, o_shippriority
+        ORDER BY revenue DESC, o_orderdate LIMIT 10""",
+    "q5": """SELECT n_name, sum(l_extendedprice * (1 - l_discount)) AS revenue
+        FROM customer, orders, lineitem, supplier, nation, region
+        WHERE c_custkey = o_custkey AND l_orderkey = o_orderkey AND l_suppkey = s_suppkey
+        AND c_nationkey = s_nationkey AND s_nationkey = n_nationkey AND n_regionkey = r_regionkey
+        AND r_name = 'ASIA' AND o_orderdate >= DATE '1994-01-01' AND o_orderdate < DATE '1995-01-01'
+        GROUP BY n_name ORDER BY revenue DESC""",
+    "q6": """SELECT sum(l_extendedprice * l_discount) AS revenue FROM lineitem
+        WHERE l_shipdate >= DATE '1994-01-01' AND l_shipdate < DATE '1995-01-01'
+        AND l_discount BETWEEN 0.05 AND 0.07 AND l_quantity < 24""",
+    "q10": """SELECT c_custkey, c_name, sum(l_extendedprice * (1 - l_discount)) AS revenue, n_name
+        FROM customer, orders, lineitem, nation WHERE c_custkey = o_custkey AND l_orderkey = o_orderkey
+        AND o_orderdate >= DATE '1993-10-01' AND o_orderdate < DATE '1994-01-01'
+        AND l_returnflag = 'R' AND c_nationkey = n_nationkey
+        GROUP BY c_custkey, c_name, n_name ORDER BY revenue DESC, c_custkey LIMIT 20""",
+    "q12": """SELECT l_shipmode, sum(CASE WHEN o_orderpriority IN ('1-URGENT', '2-HIGH') THEN 1 ELSE 0 END)
+        AS high_line_count FROM orders, lineitem WHERE o_orderkey = l_orderkey
+        AND l_shipmode IN ('MAIL', 'SHIP') AND l_commitdate < l_receiptdate
+        AND l_shipdate < l_commitdate AND l_receiptdate >= DATE '1994-01-01'
+        AND l_receiptdate < DATE '1995-01-01' GROUP BY l_shipmode ORDER BY l_shipmode""",
+    "q14_cte": """WITH promo AS (SELECT l_extendedprice * (1 - l_discount) AS rev, p_type
+        FROM lineitem JOIN part ON l_partkey = p_partkey
+        WHERE l_shipdate >= DATE '1995-09-01' AND l_shipdate < DATE '1995-10-01')
+        SELECT round(100.00 * sum(CASE WHEN p_type LIKE 'PROMO%' THEN rev ELSE 0 END) / sum(rev), 6)
+        AS promo_revenue FROM promo""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TPCH_QUERIES))
+def test_plans_without_llm_operators_give_duckdbs_answer_on_tpch(
+    tpch: halo_sql.Connection, tpch_dir: Path, name: str
+) -> None:
+    sql = TPCH_QUERIES[name]
+    plan = tpch.session.plan(sql)
+    assert plan.optimizer is None and isinstance(plan.root, lp.DuckDBQuery)  # DuckDB's alone
+    reference = duckdb.connect()
+    from halo_sql.datasets.tpch import load_tpch
+
+    load_tpch(reference, 0.01, tpch_dir.parent)
+    expected = reference.sql(sql).fetchall()
+    got = [tuple(r.values()) for r in tpch.sql(sql).to_pylist()]
+    assert got == expected
+
+
+def test_llm_queries_over_tpch_agree_with_rules_on_and_off(tpch: halo_sql.Connection) -> None:
+    sql = """WITH urgent AS (
+        SELECT o_orderkey, o_orderpriority, LLM('Summarize: {o_comment}', max_tokens => 8) AS s
+        FROM orders JOIN customer ON o_custkey = c_custkey WHERE c_mktsegment = 'BUILDING')
+        SELECT o_orderkey, s FROM urgent WHERE o_orderpriority = '1-URGENT' AND o_orderkey < 3000
+        ORDER BY o_orderkey"""
+    tpch.sql(ALL_OFF)
+    off = tpch.sql(sql).to_pylist()
+    requests_off = tpch.session.last_stats.llm_requests
+    tpch.sql("RESET disable_rules")
+    on = tpch.sql(sql).to_pylist()
+    assert on == off
+    assert tpch.session.last_stats.llm_requests * 20 < requests_off  # the filter reached the source
+
+
+# -- the cost model ranks plans as they measure -----------------------------------------------------
+
+RANKING = [
+    # (query, variants: name -> rules switched off)
+    ("WITH t AS (SELECT id, stars, LLM('Summarize {text}') AS s FROM reviews) "
+     "SELECT id, s FROM t WHERE stars = 2", {
+        "all rules": (), "no input filter": ("push_filter_into_input",), "none": ("all",)}),
+    ("SELECT id FROM reviews WHERE LLM_FILTER('Do {text}, {note}, {product} and {stars} agree?') "
+     "AND LLM_FILTER('Late? {text}') AND id < 150", {
+        "cheap filter first": (), "planner order": ("reorder_llm_filters",)}),
+    ("WITH t AS (SELECT id, LLM('Summarize {text}') AS s FROM reviews WHERE id < 120) "
+     "SELECT * FROM t LIMIT 5", {
+        "limit pushed": (), "limit kept above": ("push_limit_into_input",)}),
+    ("WITH t AS (SELECT id, note, LLM('Summarize {text}') AS s, LLM('Title {text}') AS ti FROM reviews) "
+     "SELECT id, ti FROM t", {
+        "pruned": (), "not pruned": ("prune_input_columns",)}),
+]
+
+
+def _measure(con: halo_sql.Connection, sql: str, off: tuple[str, ...]) -> tuple[float, float, float, float]:
+    session = con.session
+    disabled = frozenset(rule_names()) if off == ("all",) else frozenset(off)
+    session.optimizer_settings = OptimizerSettings(disabled=disabled, sample_rows=0)
+    plan = session.plan(sql)
+    est = plan.optimizer.total
+    session.backend("default").reset_cache()  # type: ignore[attr-defined]
+    result = con.run(sql)
+    stats = result.stats
+    return (
+        est.requests, est.computed_tokens,
+        float(stats.llm_requests), float(stats.prompt_tokens - stats.cached_prompt_tokens),
+    )
+
+
+@pytest.mark.parametrize(("sql", "variants"), RANKING, ids=[f"q{i}" for i in range(len(RANKING))])
+def test_cost_model_ranks_plans_in_the_order_of_their_measured_cost(
+    con: halo_sql.Connection, sql: str, variants: dict[str, tuple[str, ...]]
+) -> None:
+    measured = {name: _measure(con, sql, off) for name, off in variants.items()}
+    names = list(variants)
+    for a in names:
+        for b in names:
+            est_req_a, est_tok_a, req_a, tok_a = measured[a]
+            est_req_b, est_tok_b, req_b, tok_b = measured[b]
+            if req_a < req_b and tok_a < tok_b:  # a is measurably cheaper on both counts
+                assert est_req_a <= est_req_b and est_tok_a <= est_tok_b, (a, b, measured)
+                assert (est_req_a, est_tok_a) < (est_req_b, est_tok_b), (a, b, measured)
+    ranks = sorted(names, key=lambda n: (measured[n][2], measured[n][3]))
+    assert ranks == sorted(names, key=lambda n: (measured[n][0], measured[n][1])), measured
+
+
+def test_estimates_are_close_to_what_the_sim_measures(con: halo_sql.Connection) -> None:
+    sql = "SELECT id, LLM('Summarize {text}') AS s FROM reviews WHERE stars > 2"
+    est_requests, est_tokens, requests, tokens = _measure(con, sql, ())
+    assert est_requests == requests
+    assert abs(est_tokens - tokens) <= 0.25 * tokens
+
+
+# -- sampled selectivities are paid once -----------------------------------------------------------
+
+
+def test_sampled_answers_are_reused_by_the_run(con: halo_sql.Connection) -> None:
+    sql = ("SELECT id FROM reviews WHERE LLM_FILTER('Late? {text}') "
+           "AND LLM_FILTER('Is the tone of {text} angry?')")
+    con.sql("SET optimizer_sample_rows = 0")
+    con.sql(sql)
+    without = con.session.last_stats
+    con.sql("SET optimizer_sample_rows = 16")
+    result = con.run("EXPLAIN ANALYZE " + sql)
+    with_samples = result.stats
+    text = result.table.column(0)[0].as_py()
+    assert "sampled 32 rows" in text
+    # every answer asked for a sample that the run needs again comes from the statement's memo
+    assert with_samples.deduplicated_requests >= 16
+    assert with_samples.llm_requests <= without.llm_requests + 16
+
+
+# -- EXPLAIN ---------------------------------------------------------------------------------------
+
+
+def test_explain_shows_estimates_per_operator(con: halo_sql.Connection) -> None:
+    text = con.sql("EXPLAIN SELECT id, LLM('Summarize {text}') AS s FROM reviews "
+                   "WHERE LLM_FILTER('Late? {text}') AND stars = 1").column(0)[0].as_py()
+    operators = [line for line in text.splitlines() if re.match(r"\s*(DuckDBQuery|LLM|Project|SQLFilter|Limit)", line)]
+    assert operators and all("[est rows=" in line for line in operators), text
+    llm_line = next(line for line in operators if "LLMFilter" in line)
+    assert re.search(r"requests=\d+ prompt=\d+ cached=\d+ output=\d+ cost=\d+\.\d+s", llm_line)
+    assert "estimated total: requests=" in text and "rules applied:" in text
+    assert con.sql("EXPLAIN SELECT id, LLM('Summarize {text}') AS s FROM reviews "
+                   "WHERE LLM_FILTER('Late? {text}') AND stars = 1").column(0)[0].as_py() == text
+
+
+def test_explain_analyze_puts_actual_beside_estimated_for_every_operator(con: halo_sql.Connection) -> None:
+    result = con.run("EXPLAIN ANALYZE SELECT id, LLM('Summarize {text}') AS s FROM reviews "
+                     "WHERE LLM_FILTER('Late? {text}') AND stars = 1")
+    text = result.table.column(0)[0].as_py()
+    operators = [line for line in text.splitlines() if "[est " in line]
+    assert operators and all("| actual rows=" in line for line in operators), text
+    per_operator = sum(int(m) for m in re.findall(r"actual rows=\d+ requests=(\d+)", text))
+    assert per_operator == result.stats.llm_requests
+    assert f"llm_requests={result.stats.llm_requests}" in text
+
+
+def test_explain_format_json_is_a_tree_with_estimates(con: halo_sql.Connection) -> None:
+    payload = json.loads(con.sql("EXPLAIN (FORMAT JSON) WITH t AS (SELECT id, LLM('Summarize {text}') "
+                                 "AS s FROM reviews) SELECT * FROM t LIMIT 2").column(0)[0].as_py())
+    root = payload["plan"]
+    assert root["operator"] == "DuckDBQuery" and "estimate" in root
+    llm = root["inputs"][0]["plan"]
+    while llm["operator"] != "LLMMap":
+        llm = (llm.get("children") or [i["plan"] for i in llm["inputs"]])[0]
+    assert llm["estimate"]["requests"] == 2
+    assert "push_limit_into_input" in payload["optimizer"]["rules_applied"]
+    analyzed = json.loads(con.sql("EXPLAIN ANALYZE (FORMAT JSON) SELECT LLM('Hi {text}') AS s "
+                                  "FROM reviews WHERE id < 3").column(0)[0].as_py())
+    assert analyzed["actual_total"]["llm_requests"] == 2 and "actual" in analyzed["plan"]
+
+
+# -- settings ----------------------------------------------------------------------------------------
+
+
+def test_disable_rules_is_kept_by_the_session_until_reset(con: halo_sql.Connection) -> None:
+    sql = "WITH t AS (SELECT id, LLM('Summarize {text}') AS s FROM reviews) SELECT count(*) AS n FROM t"
+    con.sql(ALL_OFF)
+    assert con.session.optimizer_settings.all_off
+    con.sql(sql)
+    assert con.session.last_stats.llm_requests == 200
+    assert con.session.plan(sql).optimizer.rules == ()
+    con.sql("RESET disable_rules")
+    con.sql(sql)
+    assert con.session.last_stats.llm_requests == 0
+
+
+def test_a_batch_keeps_sub_plans_shareable() -> None:
+    settings = for_batch(OptimizerSettings(disabled=frozenset({"merge_limits"})))
+    assert BATCH_DISABLED <= settings.disabled and "merge_limits" in settings.disabled
+
+
+def test_a_failing_optimizer_falls_back_to_the_planners_plan(
+    con: halo_sql.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from halo_sql.optimizer import cost
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.delenv("HALO_OPTIMIZER_STRICT")
+    monkeypatch.setattr(cost.CostModel, "derive", broken)
+    sql = "SELECT id FROM reviews WHERE LLM_FILTER('Late? {text}') AND id < 5 ORDER BY id"
+    plan = con.session.plan(sql)
+    assert any("optimizer skipped (RuntimeError: boom)" in n for n in plan.notes)
+    assert len(con.sql(sql)) <= 4
