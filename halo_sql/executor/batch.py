@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from halo_sql.errors import ModelError, QueryCancelled
 from halo_sql.executor.runtime import LLMRuntime, StatementStats, request_key

@@ -104,7 +104,7 @@ def register_llm_udf(
         params = [duckdb.list_type(_types.VARCHAR)]
 
         def function(groups: pa.Array) -> pa.Array:
-            return evaluate_groups(udf.call, groups, runtime, current())
+            return evaluate_groups(udf.call, groups, runtime, current(), budget=udf.chunk_tokens)
 
     else:
         # A call without slots still gets one (ignored) argument: it tells the vector's length.

@@ -8,8 +8,8 @@ Every operator yields at least one batch (possibly empty) so schemas flow to the
 from __future__ import annotations
 
 import contextlib
-import functools
 import dataclasses
+import functools
 import itertools
 import math
 import re

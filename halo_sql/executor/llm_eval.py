@@ -66,6 +66,8 @@ def evaluate_groups(
     groups: pa.Array | pa.ChunkedArray,
     runtime: LLMRuntime,
     stats: StatementStats,
+    *,
+    budget: int | None = None,
 ) -> pa.Array:
     """Aggregate LLM functions over a LIST(VARCHAR) array: one answer per group.
 
@@ -75,7 +77,8 @@ def evaluate_groups(
     """
     lists: list[list[str] | None] = groups.to_pylist()
     backend = runtime.backend(call.model)
-    budget = max(64, backend.context_window - call.params.max_tokens - 64)
+    fits = max(64, backend.context_window - call.params.max_tokens - 64)
+    budget = fits if budget is None else max(64, min(budget, fits))  # the optimizer may chunk finer
     if call.function is LLMFunction.AGG:
         answers = _reduce(call, lists, runtime, stats, budget, backend.count_tokens)
         return pa.array(answers, type=pa.string())

@@ -27,7 +27,6 @@ from typing import Any
 from halo_sql.errors import ModelError, QueryCancelled
 from halo_sql.llm.base import Backend, LLMRequest, LLMResponse
 
-
 _samples = itertools.count()
 
 

@@ -23,9 +23,8 @@ Transactions follow DuckDB: statements commit on their own unless a transaction 
 
 from __future__ import annotations
 
-import re
-
 import datetime
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any

@@ -15,7 +15,7 @@ from pathlib import Path
 
 # A vocabulary of everyday English and of TPC-H's text generator, so that the tokenizer learns
 # realistic merges: prompts over TPC-H comments then tokenize to a realistic number of tokens.
-_WORDS = (
+_WORDS = (  # noqa: SIM905 - one readable block of words
     "the a an of to and in is it that for on with as was at by be this from or are not have but "
     "customer order orders review product delivery late slow fast quality price refund shipped "
     "package box damaged happy angry sad neutral positive negative summary summarize answer yes no "
@@ -28,7 +28,7 @@ _WORDS = (
     "around at before behind beneath beside between beyond during except inside into near outside "
     "over past since through throughout toward under until up upon without json object name value "
     "reason score label step tool agent critique revise final recommendation feature features"
-).split()
+).split()  # noqa: SIM905 - one readable block of words
 
 
 def _training_corpus(lines: int = 4000, seed: int = 0) -> list[str]:
@@ -101,7 +101,7 @@ def write_tiny_model(
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        dtype="float32",
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)

@@ -60,6 +60,9 @@ class LLMUdf:
     arity: int
     aggregate: bool = False
     """True: the single argument is a LIST of items (one group) to reduce, rank or pick from."""
+    chunk_tokens: int | None = None
+    """Aggregates: the most prompt tokens of one request; groups larger than that are reduced
+    hierarchically. None: as many as the model's context holds (the optimizer may choose less)."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,8 @@ def _explain(node: PlanNode, depth: int, lines: list[str]) -> None:
         lines.append(f"{pad}DuckDBQuery: {node.sql}")
         for udf in node.udfs:
             kind = "aggregate " if udf.aggregate else ""
-            lines.append(f"{pad}  {kind}udf {udf.name} = {udf.call.describe()}")
+            chunks = f" chunk_tokens={udf.chunk_tokens}" if udf.chunk_tokens else ""
+            lines.append(f"{pad}  {kind}udf {udf.name} = {udf.call.describe()}{chunks}")
         for named in node.inputs:
             lines.append(f"{pad}  input {named.name}:")
             _explain(named.plan, depth + 2, lines)

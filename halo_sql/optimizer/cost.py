@@ -32,7 +32,7 @@ from halo_sql.logical.llm_call import LLMCall
 from halo_sql.optimizer import sqltools
 from halo_sql.optimizer.memo import GroupRef, Memo
 from halo_sql.optimizer.profile import BackendProfile
-from halo_sql.optimizer.stats import PromptStats, Statistics
+from halo_sql.optimizer.stats import AggregateStats, PromptStats, Statistics
 
 DEFAULT_ROWS = 1000.0
 """Rows assumed for a relation whose size the optimizer cannot ask DuckDB for."""
@@ -45,6 +45,8 @@ LLM_BATCH_ROWS = 1024
 """Rows an LLM operator turns into prompts per runtime call (PhysicalSettings.llm_batch_rows)."""
 HINT_CHUNK_ROWS = 8
 """Smallest chunk of an LLM filter with a limit hint."""
+CHARS_PER_TOKEN = 4.0
+"""Characters per token of English text (estimates the tokens of aggregated items)."""
 OPERATOR_S = 1e-6
 """Fixed cost of an operator: among plans doing the same work, fewer operators win."""
 SQL_CHAR_S = 1e-9
@@ -233,8 +235,8 @@ class CostModel:
                     p = memo.group(named.plan.group).logical
                     inputs += p.rows * (len(p.columns) if p.columns else 8)
             seconds = (own.rows * width + inputs) * DUCKDB_CELL_S + len(node.sql) * SQL_CHAR_S
-            cost = Cost(seconds + OPERATOR_S) + self._udf_cost(node, own)
-            return OpEstimate(rows_out, own.rows, cost)
+            udf_cost, note = self._udf_cost(node, own) if node.udfs else (ZERO, "")
+            return OpEstimate(rows_out, own.rows, Cost(seconds + OPERATOR_S) + udf_cost, note)
         child = self._child(node, memo)
         pulled = self._pulled(node, required, child, own)
         processed = child.rows if pulled is None else pulled
@@ -272,16 +274,59 @@ class CostModel:
         profile = self.stats.context.profile(call.model)
         return request_cost(requests, prompt, profile)
 
-    def _udf_cost(self, node: lp.DuckDBQuery, own: LogicalProps) -> Cost:
-        """LLM functions DuckDB calls itself: one request per row (aggregates: per group)."""
+    def _udf_cost(self, node: lp.DuckDBQuery, own: LogicalProps) -> tuple[Cost, str]:
+        """LLM functions DuckDB calls itself: one request per row; aggregates per group chunk."""
         total = ZERO
+        notes = []
         for udf in node.udfs:
-            rows = max(1.0, math.sqrt(own.rows)) if udf.aggregate else own.rows
-            prompt = self.stats.prompt_stats(udf.call, None, ())
+            profile = self.stats.context.profile(udf.call.model)
             if udf.aggregate:
-                prompt = PromptStats(prompt.prompt_tokens * 8, prompt.cached_tokens, prompt.output_tokens)
-            total = total + request_cost(rows, prompt, self.stats.context.profile(udf.call.model))
-        return total
+                groups = None if node.inputs else self.stats.aggregate_groups(node.sql, udf.name)
+                if groups is None:
+                    groups = AggregateStats(max(1, int(math.sqrt(own.rows))), 16.0, 16, 16 * 120.0, 16 * 120)
+                cost, note = self.aggregate_cost(udf, groups)
+                total = total + cost
+                notes.append(f"{udf.name}: {note}")
+                continue
+            prompt = self.stats.prompt_stats(udf.call, None, ())
+            total = total + request_cost(own.rows, prompt, profile)
+        return total, "; ".join(notes)
+
+    def aggregate_cost(self, udf: lp.LLMUdf, groups: AggregateStats) -> tuple[Cost, str]:
+        """Cost of reducing `groups` with `udf`: one request per group when its items fit the
+        budget (the context window, or the udf's chunk_tokens), else chunks reduced in rounds."""
+        call = udf.call
+        profile = self.stats.context.profile(call.model)
+        count = self.stats._counter(call.model)
+        overhead = count(call.template.instruction_text()) + 8
+        fits = max(64, profile.context_window - call.params.max_tokens - 64)
+        budget = fits if udf.chunk_tokens is None else max(64, min(udf.chunk_tokens, fits))
+        room = max(16, budget - overhead)
+        answer = min(float(call.params.max_tokens), profile.text_output_tokens)
+        items = max(groups.items, 1.0)
+        tokens = groups.chars / CHARS_PER_TOKEN + 3 * items
+        total = ZERO
+        rounds = 0
+        chunks_first = 1
+        while True:
+            rounds += 1
+            chunks = max(1, math.ceil(tokens / room))
+            if rounds == 1:
+                chunks_first = chunks
+            per_request = min(tokens, room) + overhead
+            cached = float(overhead // profile.block_size * profile.block_size)
+            total = total + request_cost(
+                groups.groups * chunks, PromptStats(per_request, cached, answer), profile
+            )
+            if chunks == 1 or rounds >= 8:
+                break
+            tokens = chunks * (answer + 3)
+        if rounds == 1:
+            return total, f"{groups.groups} groups of ~{items:.0f} items: one call per group"
+        return total, (
+            f"{groups.groups} groups of ~{items:.0f} items: hierarchical, "
+            f"{chunks_first} chunks per group, {rounds} rounds"
+        )
 
 
 def request_cost(requests: float, prompt: PromptStats, profile: BackendProfile) -> Cost:

@@ -281,3 +281,121 @@ def _drop_repeated_maps(plan: lp.PlanNode, renames: dict[str, str]) -> lp.PlanNo
         return plan
     renames.update(local)
     return rebuilt
+
+
+# -- rules that change answers (off unless SET enable_rules names them) ---------------------------
+
+
+@helper
+def finer_agg_chunks(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery | None:
+    """`query` with its LLM_AGG reducing in smaller chunks when the cost model prices that lower
+    (attention grows with the square of a prompt's length; more, shorter requests batch well)."""
+    from halo_sql.llm.base import OutputKind
+    from halo_sql.logical.llm_call import LLMFunction
+
+    stats = getattr(ctx, "extra", None)
+    search = getattr(ctx, "search", None)
+    if stats is None or search is None or query.inputs:
+        return None
+    model = search.cost_model
+    udfs = list(query.udfs)
+    changed = False
+    for i, udf in enumerate(udfs):
+        if not udf.aggregate or udf.call.function is not LLMFunction.AGG or udf.chunk_tokens:
+            continue
+        if udf.call.output.kind is not OutputKind.TEXT:
+            continue
+        groups = stats.aggregate_groups(query.sql, udf.name)
+        if groups is None:
+            continue
+        # The cheapest chunk size that splits the groups; the search compares it with one call.
+        tokens = groups.max_chars / 4 + 3 * groups.max_items
+        best, best_cost = None, float("inf")
+        for budget in (2048, 1024, 512, 256):
+            if tokens <= budget:
+                continue
+            candidate = replace(udf, chunk_tokens=budget)
+            seconds = model.aggregate_cost(candidate, groups)[0].seconds
+            if seconds < best_cost:
+                best, best_cost = candidate, seconds
+        if best is not None:
+            udfs[i] = best
+            changed = True
+    return replace(query, udfs=tuple(udfs)) if changed else None
+
+
+@helper
+def prefix_order(ctx: RuleContext, call: Any, arguments: tuple[str, ...], child: Any) -> tuple[int, ...] | None:
+    """Slot order putting the columns with the fewest distinct values first (longest shared
+    prompt prefixes), for templates whose values follow the instruction as `name: value`
+    lines; None when the order would not change."""
+    template = call.template
+    if not template.data_last or len(arguments) < 2 or not isinstance(child, GroupRef):
+        return None
+    stats = getattr(ctx, "extra", None)
+    if stats is None:
+        return None
+    counts = stats.distinct_counts(ctx.logical(child.group).source, tuple(dict.fromkeys(arguments)))
+    if not counts:
+        return None
+    order = tuple(sorted(range(len(arguments)), key=lambda i: (counts[arguments[i]], i)))
+    return None if order == tuple(range(len(arguments))) else order
+
+
+@helper
+def reorder_slots(ctx: RuleContext, call: Any, order: tuple[int, ...]) -> Any:
+    template = call.template
+    texts = [p for p in template.parts if isinstance(p, str)]
+    slots = template.slots
+    parts = (*texts, *(slots[i] for i in order))
+    return replace(call, template=replace(template, parts=parts))
+
+
+@helper
+def reorder_arguments(ctx: RuleContext, arguments: tuple[str, ...], order: tuple[int, ...]) -> tuple[str, ...]:
+    return tuple(arguments[i] for i in order)
+
+
+SEMANTIC_JOIN_MAX_LABELS = 32
+"""The classify side of a semantic join must have at most this many distinct values."""
+
+
+@helper
+def classify_then_join(ctx: RuleContext, node: lp.LLMFilter) -> lp.PlanNode | None:
+    """`LLMFilter[f(x, y)](X)` as `Project(SQLFilter[label = y](LLMMap[label = classify x among
+    the distinct values of y](X)))`: one request per distinct x instead of one per (x, y) pair
+    (equal prompts are sent once), when y has few distinct values."""
+    from halo_sql.llm.base import DecodingParams, OutputKind, OutputSpec
+    from halo_sql.logical.llm_call import LLMFunction
+    from halo_sql.parser.template import PromptTemplate, Slot
+
+    call = node.call
+    if call.output.kind is not OutputKind.BOOLEAN or len(node.arguments) != 2:
+        return None
+    x, y = node.arguments
+    if x == y or not isinstance(node.child, GroupRef):
+        return None
+    stats = getattr(ctx, "extra", None)
+    props = ctx.logical(node.child.group)
+    if stats is None or props.source is None or props.columns is None:
+        return None
+    labels = stats.distinct_values(props.source, y, SEMANTIC_JOIN_MAX_LABELS + 1)
+    if labels is None or not 1 < len(labels) <= SEMANTIC_JOIN_MAX_LABELS:
+        return None
+    x_slot, y_slot = call.template.slots
+    question = call.template.instruction_text().strip()
+    template = PromptTemplate(
+        (f"Which {y_slot.name} makes this true? {question}", Slot(x_slot.qualifier, x_slot.name)),
+        data_last=True,
+    )
+    classify = replace(
+        call,
+        function=LLMFunction.CLASSIFY,
+        template=template,
+        output=OutputSpec.choice(labels),
+        params=DecodingParams(32, call.params.temperature, call.params.seed),
+    )
+    label = f"__sj_{x}_{y}"
+    mapped = lp.LLMMap(node.child, classify, (x,), label)
+    joined = lp.SQLFilter(mapped, f'{sqltools.quote(label)} = {sqltools.quote(y)}')
+    return lp.Project(joined, props.columns)

@@ -372,3 +372,48 @@ def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
     if isinstance(condition, exp.Paren):
         return _conjuncts(condition.this)
     return [condition]
+
+
+def aggregate_probe(sql: str, function: str) -> str | None:
+    """A query measuring the groups an aggregate LLM function `function` reduces: one row per
+    group with its item count `n` and characters `chars` (None when the SQL is not a plain
+    grouped SELECT calling it once)."""
+    tree = parse(sql)
+    if tree is None:
+        return None
+    calls = [
+        n for n in tree.find_all(exp.Anonymous) if str(n.this).lower() == function.lower()
+    ]
+    if len(calls) != 1 or len(calls[0].expressions) != 1:
+        return None
+    select = calls[0].parent_select
+    if not isinstance(select, exp.Select):
+        return None
+    if any(
+        isinstance(n, exp.Anonymous) and str(n.this).lower().startswith("__halo_fn")
+        for n in (select.args.get("where") or exp.Where(this=exp.true())).walk()
+    ):
+        return None
+    items = calls[0].expressions[0].copy()
+    probe = select.copy()
+    for key in ("order", "limit", "offset", "having", "qualify", "distinct"):
+        probe.set(key, None)
+    n = exp.Anonymous(this="len", expressions=[items.copy()])
+    chars = exp.Anonymous(this="list_sum", expressions=[
+        exp.Anonymous(this="list_transform", expressions=[
+            items.copy(),
+            exp.Lambda(
+                this=exp.Anonymous(this="length", expressions=[exp.column("__x")]),
+                expressions=[exp.to_identifier("__x")],
+            ),
+        ])
+    ])
+    probe.set("expressions", [n.as_("n"), chars.as_("chars")])
+    for other in probe.find_all(exp.Anonymous):
+        if str(other.this).lower().startswith("__halo_fn"):
+            return None
+    inner = probe.sql(DIALECT)
+    return (
+        "SELECT count(*), avg(n), max(n), avg(chars), max(chars) "
+        f"FROM ({inner}) AS __halo_p WHERE n > 0"
+    )

@@ -92,6 +92,19 @@ class ArgStats:
     sample: list[tuple[str, ...]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class AggregateStats:
+    """The groups an aggregate LLM function (LLM_AGG, LLM_RERANK, ...) reduces."""
+
+    groups: int
+    items: float
+    """Average items per group."""
+    max_items: int
+    chars: float
+    """Average characters of a group's items, all together."""
+    max_chars: int
+
+
 @dataclass
 class PromptStats:
     """Tokens of one operator's requests."""
@@ -113,6 +126,9 @@ class Statistics:
         self._filters: dict[tuple[str, str], float | None] = {}
         self._args: dict[tuple[str, tuple[str, ...]], ArgStats] = {}
         self._op_args: dict[tuple[LLMCall, tuple[str, ...]], ArgStats] = {}
+        self._aggregates: dict[tuple[str, str], AggregateStats | None] = {}
+        self._distinct: dict[tuple[str, tuple[str, ...]], dict[str, int] | None] = {}
+        self._distinct_values: dict[tuple[str, tuple[str, str]], tuple[str, ...] | None] = {}
         self._prompts: dict[tuple[LLMCall, tuple[str, ...]], PromptStats] = {}
         self._selectivity: dict[tuple[LLMCall, tuple[str, ...]], float] = {}
         self._columns: dict[str, tuple[str, ...] | None] = {}
@@ -153,6 +169,46 @@ class Statistics:
                 value = float(rows[0][0]) / float(rows[0][1])
             self._filters[key] = value
         return self._filters[key]
+
+    def aggregate_groups(self, sql: str, function: str) -> AggregateStats | None:
+        """Groups an aggregate LLM function of `sql` reduces: count, items and characters."""
+        key = (sql, function)
+        if key not in self._aggregates:
+            from halo_sql.optimizer.sqltools import aggregate_probe
+
+            probe = aggregate_probe(sql, function)
+            rows = self._query(probe) if probe is not None else None
+            value = None
+            if rows and rows[0][0]:
+                groups, items, max_items, chars, max_chars = rows[0]
+                value = AggregateStats(
+                    int(groups), float(items or 0), int(max_items or 0),
+                    float(chars or 0), int(max_chars or 0),
+                )
+            self._aggregates[key] = value
+        return self._aggregates[key]
+
+    def distinct_values(self, source: str, column: str, limit: int) -> tuple[str, ...] | None:
+        """Up to `limit` distinct non-NULL values of a column, in order."""
+        key = (source, (column, str(limit)))
+        if key not in self._distinct_values:
+            rows = self._query(
+                f"SELECT DISTINCT CAST({quote(column)} AS VARCHAR) AS v FROM ({source}) AS __halo_c "
+                f"WHERE {quote(column)} IS NOT NULL ORDER BY v LIMIT {limit}"
+            )
+            self._distinct_values[key] = tuple(str(r[0]) for r in rows) if rows is not None else None
+        return self._distinct_values[key]
+
+    def distinct_counts(self, source: str | None, columns: tuple[str, ...]) -> dict[str, int] | None:
+        """Distinct values of each column of a relational source."""
+        if source is None or not columns:
+            return None
+        key = (source, columns)
+        if key not in self._distinct:
+            parts = ", ".join(f"count(DISTINCT {quote(c)})" for c in columns)
+            rows = self._query(f"SELECT {parts} FROM ({source}) AS __halo_c")
+            self._distinct[key] = dict(zip(columns, map(int, rows[0]), strict=True)) if rows else None
+        return self._distinct[key]
 
     def table_columns(self, name: str) -> dict[str, str] | None:
         try:
