@@ -200,6 +200,10 @@ def _parser(command: Command, *, default: bool) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `halo-sql` console script; returns the exit status."""
+    import os
+
+    # vLLM's INFO logging would bury the shell's output; HALO users can still raise it.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in COMMANDS:
         command = COMMANDS[arguments.pop(0)]
