@@ -670,7 +670,7 @@ def _plan_table(
     """EXPLAIN [ANALYZE] [(FORMAT JSON)]: the plan with the optimizer's estimates per operator
     and, after a run, each operator's measured counters (halo_sql.optimizer.explain)."""
     actual = None
-    if stats is not None:
+    if stats is not None and stats.operators:  # a plain DuckDB query ran without operators
         ops = _physical_ops(plan.root, settings)
 
         def actual(node: Any) -> Any:

@@ -55,17 +55,7 @@ def test_systems_agree_on_every_answer(report: dict[str, Any], workload: str) ->
             assert row["agreement"] == 1.0, (system, row["differing_queries"])
 
 
-_UDF_NAME_CLASH = pytest.mark.xfail(
-    strict=False,
-    reason="engine bug: execute_batch registers per-statement UDF names (__halo_fn_N) on cursors "
-    "that share one DuckDB catalog, so concurrent queries with LLM_AGG collide",
-)
-
-
-@pytest.mark.parametrize(
-    "workload",
-    [pytest.param(k, marks=_UDF_NAME_CLASH) if k in ("W1", "W3", "W4", "W6") else k for k in WORKLOADS],
-)
+@pytest.mark.parametrize("workload", list(WORKLOADS))
 def test_halo_runs_every_workload(report: dict[str, Any], workload: str) -> None:
     row = _row(report, workload, "halo")
     assert not row.get("failed"), row.get("note")

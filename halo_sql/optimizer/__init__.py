@@ -77,6 +77,8 @@ class OptimizerReport:
     sampled_requests: int = 0
     seconds: float = 0.0
     models: tuple[str, ...] = ()
+    profiles: dict[str, str] = field(default_factory=dict)
+    """Model -> the profile its requests were priced with (placement: one instance per model)."""
 
 
 BATCH_DISABLED = frozenset({"push_filter_into_input", "push_limit_into_input", "prune_input_columns"})
@@ -116,9 +118,10 @@ def optimize(
     settings = settings or OptimizerSettings()
     settings.check()
     began = time.perf_counter()
-    context = context or NullContext()
+    base: OptimizerContext = context or NullContext()
     if settings.sample_rows is not None:
-        context = _WithSampleRows(context, settings.sample_rows)
+        base = _WithSampleRows(base, settings.sample_rows)  # type: ignore[assignment]
+    context = base
     if _plain(plan.root):
         return plan
     try:
@@ -137,17 +140,12 @@ def _optimize(
         stats.sample_rows = 0  # the choice of plan does not depend on selectivities
     stats.prefetch(_llm_sources(plan.root))
     search = Search(rules_in_force(settings), HELPERS, CostModel(stats), task_budget=settings.task_budget)
-    search.context.extra = stats  # type: ignore[attr-defined]
     root = search.optimize(plan.root)
-    chosen = search.extract(root, Required())
-    tree = search.winner_tree(root, Required())
+    chosen, built = search.extract(root, Required())
     estimates: dict[lp.PlanNode, OpEstimate] = {}
     lineage: set[str] = set()
-    extracted = _extracted_nodes(search, root)
-    for expr, req, _winner in tree:
-        node = extracted.get((expr.group, req))
-        if node is not None:
-            estimates.setdefault(node, search.local(expr, req))
+    for expr, req, _winner in search.winner_tree(root, Required()):
+        estimates.setdefault(built[(expr.group, req)], search.local(expr, req))
         lineage |= expr.lineage
     share = "share_identical_subplans" not in settings.disabled
     final, translate = finalize(chosen, share=share)
@@ -163,6 +161,10 @@ def _optimize(
         sampled_requests=stats.sampled_requests,
         models=tuple(sorted({n.call.model for n in final.walk() if isinstance(n, lp.LLMFilter | lp.LLMMap)})),
     )
+    for model in report.models:
+        profile = context.profile(model)
+        kind = "calibrated" if profile.measured else "shipped"
+        report.profiles[model] = f"{profile.backend} profile {profile.name!r} ({kind})"
     report.seconds = time.perf_counter() - began
     return replace(plan, root=final, optimizer=report)
 
@@ -175,28 +177,6 @@ def estimate(plan: lp.PlanNode, context: OptimizerContext | None = None) -> Cost
     root = search.optimize(plan)
     cost: Cost = search.memo.group(root).winners[Required()].cost
     return cost
-
-
-def _extracted_nodes(search: Search, root: int) -> dict[tuple[int, Required], lp.PlanNode]:
-    """(group, required) -> the node `extract` built for it (same interning, same objects)."""
-    out: dict[tuple[int, Required], lp.PlanNode] = {}
-    interned: dict[lp.PlanNode, lp.PlanNode] = {}
-
-    def build(g: int, req: Required) -> lp.PlanNode:
-        if (g, req) not in out:
-            winner = search.memo.group(g).winners[req]
-            children = tuple(
-                build(c.group, r)  # type: ignore[attr-defined]
-                for c, r in zip(winner.expr.node.children, winner.child_props, strict=True)
-            )
-            from halo_sql.optimizer.memo import with_children
-
-            node = with_children(winner.expr.node, children)
-            out[(g, req)] = interned.setdefault(node, node)
-        return out[(g, req)]
-
-    build(root, Required())
-    return out
 
 
 def _shared(before: lp.PlanNode, after: lp.PlanNode) -> bool:
@@ -227,9 +207,7 @@ def _plain(root: lp.PlanNode) -> bool:
 def _llm_predicates(root: lp.PlanNode) -> int:
     count = 0
     for node in root.walk():
-        if isinstance(node, lp.LLMFilter):
-            count += 1
-        elif isinstance(node, lp.SQLFilter) and "__llm_" in node.predicate:
+        if isinstance(node, lp.LLMFilter) or isinstance(node, lp.SQLFilter) and "__llm_" in node.predicate:
             count += 1
     return count
 

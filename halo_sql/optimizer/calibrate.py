@@ -31,10 +31,7 @@ from typing import Any
 from halo_sql.llm.base import Backend, DecodingParams, LLMRequest, OutputSpec
 from halo_sql.optimizer.profile import BackendProfile, profile_path
 
-_WORDS = (
-    "order shipment refund customer package parcel courier invoice warranty return kettle lamp "
-    "chair desk toaster delay damage support answer replace quality price colour size weight"
-).split()
+_WORDS = ["order", "shipment", "refund", "customer", "package", "parcel", "courier", "invoice", "warranty", "return", "kettle", "lamp", "chair", "desk", "toaster", "delay", "damage", "support", "answer", "replace", "quality", "price", "colour", "size", "weight"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

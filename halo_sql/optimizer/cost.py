@@ -396,8 +396,7 @@ def _shape_rows(sql: str, base: float) -> float:
             rows = 1.0
         limit = select.args.get("limit")
         if limit is not None and isinstance(limit.expression, exp.Literal):
-            try:
-                rows = min(rows, float(limit.expression.this))
-            except ValueError:
-                pass
+            count = sqltools._literal_int(limit.expression)
+            if count is not None:
+                rows = min(rows, float(count))
     return rows

@@ -120,6 +120,8 @@ def explain_text(plan: lp.StatementPlan, actual: Actual | None = None, stats: An
             f"optimizer: groups={report.groups} expressions={report.expressions} "
             f"tasks={report.search.tasks} rules applied: {', '.join(report.rules) or 'none'}"
         )
+        for model, profile in sorted(report.profiles.items()):
+            lines.append(f"placement: model {model} priced with the {profile}")
         if report.sampled_requests:
             lines.append(
                 f"optimizer: sampled {report.sampled_requests} rows to estimate LLM predicate "
@@ -190,6 +192,7 @@ def explain_json(plan: lp.StatementPlan, actual: Actual | None = None, stats: An
             "expressions": report.expressions,
             "tasks": report.search.tasks,
             "sampled_requests": report.sampled_requests,
+            "profiles": report.profiles,
         }
     if stats is not None:
         payload["actual_total"] = stats.as_dict()

@@ -26,7 +26,6 @@ from dataclasses import replace
 from halo_sql.logical import plan as lp
 from halo_sql.optimizer import sqltools
 
-
 _INTERNAL = re.compile(r"__llm_\d+|__halo_[a-z]+_\d+|__arg_\d+")
 
 

@@ -116,7 +116,7 @@ def _uses(ctx: RuleContext, query: lp.DuckDBQuery) -> dict[str, sqltools.InputUs
         columns[named.name] = cols
     key = (query.sql, tuple(sorted(columns.items())))
     if key not in cache:
-        stats = getattr(ctx, "extra", None)
+        stats = ctx.stats
         lookup = stats.table_columns if stats is not None else (lambda name: None)
         cache[key] = sqltools.input_uses(query.sql, columns, lookup) or {}
     uses: dict[str, sqltools.InputUse] = cache[key]
@@ -124,11 +124,7 @@ def _uses(ctx: RuleContext, query: lp.DuckDBQuery) -> dict[str, sqltools.InputUs
 
 
 def _cache(ctx: RuleContext, name: str) -> dict[Any, Any]:
-    store = getattr(ctx, "_helper_cache", None)
-    if store is None:
-        store = {}
-        ctx._helper_cache = store  # type: ignore[attr-defined]
-    return store.setdefault(name, {})  # type: ignore[no-any-return]
+    return ctx.cache.setdefault(name, {})
 
 
 def _group_nodes(ctx: RuleContext, ref: lp.PlanNode) -> list[lp.PlanNode]:
@@ -220,15 +216,15 @@ def prune_inputs(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery | No
 def merge_identical_maps(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery | None:
     """`query` with an LLM map that repeats a map below it (same call, same argument columns)
     removed from an input's operator chain; references to its column read the first map's."""
-    memo = getattr(ctx, "search", None)
-    if memo is None:
+    search = ctx.search
+    if search is None:
         return None
     renames: dict[str, str] = {}
 
     def change(named: lp.NamedInput) -> lp.PlanNode | None:
         if not isinstance(named.plan, GroupRef):
             return None
-        plan = memo.memo.first_plan(named.plan.group)
+        plan = search.memo.first_plan(named.plan.group)
         rewritten = _drop_repeated_maps(plan, renames)
         return rewritten if rewritten is not plan else None
 
@@ -293,8 +289,8 @@ def finer_agg_chunks(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery 
     from halo_sql.llm.base import OutputKind
     from halo_sql.logical.llm_call import LLMFunction
 
-    stats = getattr(ctx, "extra", None)
-    search = getattr(ctx, "search", None)
+    stats = ctx.stats
+    search = ctx.search
     if stats is None or search is None or query.inputs:
         return None
     model = search.cost_model
@@ -332,7 +328,7 @@ def prefix_order(ctx: RuleContext, call: Any, arguments: tuple[str, ...], child:
     template = call.template
     if not template.data_last or len(arguments) < 2 or not isinstance(child, GroupRef):
         return None
-    stats = getattr(ctx, "extra", None)
+    stats = ctx.stats
     if stats is None:
         return None
     counts = stats.distinct_counts(ctx.logical(child.group).source, tuple(dict.fromkeys(arguments)))
@@ -375,7 +371,7 @@ def classify_then_join(ctx: RuleContext, node: lp.LLMFilter) -> lp.PlanNode | No
     x, y = node.arguments
     if x == y or not isinstance(node.child, GroupRef):
         return None
-    stats = getattr(ctx, "extra", None)
+    stats = ctx.stats
     props = ctx.logical(node.child.group)
     if stats is None or props.source is None or props.columns is None:
         return None

@@ -326,6 +326,15 @@ def load_registry(directory: str | None = None) -> Registry:
 class RuleContext:
     """What conditions and helpers may ask of the search (the memo's groups and statistics)."""
 
+    stats: Any = None
+    """The statement's `Statistics` (None in contexts without a database)."""
+    search: Any = None
+    """The running `Search` (its memo and cost model)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, dict[Any, Any]] = {}
+        """Per-search caches of helpers (e.g. what a query's SQL asks of its inputs)."""
+
     def exprs(self, group: int) -> list[lp.PlanNode]:
         raise NotImplementedError
 

@@ -42,8 +42,10 @@ class SearchStats:
 
 
 class _Context(RuleContext):
-    def __init__(self, search: Search) -> None:
+    def __init__(self, search: Search, stats: Any) -> None:
+        super().__init__()
         self.search = search
+        self.stats = stats
 
     def exprs(self, group: int) -> list[lp.PlanNode]:
         return [e.node for e in self.search.memo.group(group).exprs]
@@ -62,7 +64,6 @@ class Search:
         cost_model: CostModel,
         *,
         task_budget: int = DEFAULT_TASK_BUDGET,
-        extra_context: Any = None,
     ) -> None:
         self.rules = rules
         self.helpers = helpers
@@ -71,15 +72,15 @@ class Search:
         self.stack: list[_Task] = []
         self.stats = SearchStats()
         self.task_budget = task_budget
-        self.context = _Context(self)
-        self.context.extra = extra_context  # type: ignore[attr-defined]
+        self.context = _Context(self, cost_model.stats)
         self._by_type: dict[str, list[Rule]] = {}
         for rule in rules:
             self._by_type.setdefault(rule.root_type, []).append(rule)
 
     # -- driver ----------------------------------------------------------------------------
-    def optimize(self, plan: lp.PlanNode, required: Required = Required()) -> int:
+    def optimize(self, plan: lp.PlanNode, required: Required | None = None) -> int:
         """Insert `plan` and search; returns the root group."""
+        required = required or Required()
         root = self.memo.insert(plan).group
         self.stack.append(OptimizeGroup(root, required, math.inf))
         while self.stack:
@@ -136,8 +137,11 @@ class Search:
         return total
 
     # -- extraction --------------------------------------------------------------------------
-    def extract(self, gid: int, required: Required) -> lp.PlanNode:
-        """The winning plan of a group; equal sub-plans come out as one shared object."""
+    def extract(
+        self, gid: int, required: Required
+    ) -> tuple[lp.PlanNode, dict[tuple[int, Required], lp.PlanNode]]:
+        """The winning plan of a group (equal sub-plans come out as one shared object), and the
+        node built for each (group, required properties) on the way."""
         cache: dict[tuple[int, Required], lp.PlanNode] = {}
         interned: dict[lp.PlanNode, lp.PlanNode] = {}
 
@@ -154,7 +158,7 @@ class Search:
                 cache[key] = interned.setdefault(node, node)
             return cache[key]
 
-        return build(gid, required)
+        return build(gid, required), cache
 
     def _winner_fallback(self, gid: int, required: Required) -> Winner:
         self._cost_fixed(gid, required)

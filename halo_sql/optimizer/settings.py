@@ -57,7 +57,9 @@ def apply_setting(settings: OptimizerSettings, text: str) -> OptimizerSettings |
     names = parse_rule_list(match.group(2).replace("''", "'"))
     if names == {"all"}:
         names = frozenset(rule_names())
-    updated = replace(settings, **{_FIELD[name]: names})
+    updated = (
+        replace(settings, disabled=names) if name == "disable_rules" else replace(settings, enabled=names)
+    )
     updated.check()
     return updated
 

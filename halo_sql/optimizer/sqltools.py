@@ -34,7 +34,8 @@ _VOLATILE = {"random", "rand", "uuid", "gen_random_uuid", "nextval", "setseed", 
 @lru_cache(maxsize=4096)
 def _parse(sql: str) -> exp.Expression | None:
     try:
-        return sqlglot.parse_one(sql, read=DIALECT)
+        tree = sqlglot.parse_one(sql, read=DIALECT)
+        return tree if isinstance(tree, exp.Expression) else None
     except SqlglotError:
         return None
 
@@ -193,7 +194,7 @@ def input_uses(
         return None
     names = dict(inputs)
     cte_names = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
-    schema: dict[str, dict[str, str]] = {}
+    schema: dict[str, object] = {}
     counts: dict[str, int] = {}
     for table in tree.find_all(exp.Table):
         name = table.name
