@@ -79,9 +79,10 @@ def _run_shell(args: argparse.Namespace) -> int:
               "pip install 'halo-sql[shell]'", file=sys.stderr)
         return 1
     from halo_sql.errors import HaloError
-    from halo_sql.llm.registry import shutdown_all
+    from halo_sql.llm.registry import running, shutdown_started_since
     from halo_sql.session import Session
 
+    engines_before = running()
     try:
         session = Session(
             args.database,
@@ -96,7 +97,7 @@ def _run_shell(args: argparse.Namespace) -> int:
     try:
         return shell.run(session, scripts=args.scripts, mode=args.mode, batch=args.batch)
     finally:
-        shutdown_all()
+        shutdown_started_since(engines_before)
         session.connection.close()
 
 

@@ -18,6 +18,7 @@ worker processes that re-import the main module).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -25,6 +26,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,12 +41,13 @@ from halo_sql import Connection, Session
 from halo_sql.datasets.tpch import default_cache_dir, load_tpch
 from halo_sql.llm.base import Backend
 from halo_sql.llm.prefix_cache import prefix_trie_size
-from halo_sql.llm.registry import shutdown_all
+from halo_sql.llm.registry import running, shutdown_started_since
 from halo_sql.llm.tokenizer import TextTokenizer, load_tokenizer
 from tpc_agentic_bench.progress import Progress
 from tpc_agentic_bench.recording import Recorder
 from tpc_agentic_bench.systems import (
     BatchOutcome,
+    HaloSystem,
     PerQuerySystem,
     System,
     SystemUnavailable,
@@ -270,10 +273,13 @@ def run_benchmark(config: BenchConfig, progress: Progress | None = None) -> dict
     del con  # sessions are dropped, never closed: closing would close the shared database
 
     repeat = max(1, config.repeat)
-    progress.start(sum(len(w.queries) * len(systems) * repeat + w.shapes for w in workloads))
+    progress.start(
+        sum(len(w.queries) * len(systems) * repeat + warm_up_queries(w, systems) for w in workloads)
+    )
     lower_bounds = LowerBound()
     resets: set[str] = set()
     results = []
+    engines_before = running()
     try:
         for workload in workloads:
             results.append(
@@ -283,7 +289,7 @@ def run_benchmark(config: BenchConfig, progress: Progress | None = None) -> dict
             )
     finally:
         progress.finish()
-        shutdown_all()
+        shutdown_started_since(engines_before)
         database.close()
     return {
         "meta": _meta(config, setup, tables, engines, engine_start, resets, systems),
@@ -302,41 +308,48 @@ def _run_workload(
     progress: Progress,
     repeat: int,
 ) -> dict[str, Any]:
-    warm = PerQuerySystem("warm-up", "untimed")
+    n = len(workload.queries)
     progress.label(f"{workload.key} warm-up")
-    _run_system(warm, workload.queries[: workload.shapes], setup, database, workload, resets,
-                lambda done: progress.advance())
+    for warm in _warm_ups(workload, systems):
+        queries = workload.queries if isinstance(warm, HaloSystem) else workload.queries[: workload.shapes]
+        step = _stepper(progress)
+        with contextlib.suppress(Exception):  # a failing batch is reported by the measured runs
+            _run_system(warm, queries, setup, database, workload, resets, step)
+        progress.advance(len(queries) - step.done)
+
+    # Repeats go round-robin over the systems, so that a slow spell of the (shared) machine or
+    # the engine warming up over time does not land on one system only.
+    runs: dict[str, list[tuple[BatchOutcome, float, Recorder]]] = {s.name: [] for s in systems}
+    problems: dict[str, dict[str, Any]] = {}
+    for _ in range(repeat):
+        for system in systems:
+            if system.name in problems:
+                progress.advance(n)
+                continue
+            progress.label(f"{workload.key} {system.name}")
+            step = _stepper(progress)
+            try:
+                runs[system.name].append(
+                    _run_system(system, workload.queries, setup, database, workload, resets, step)
+                )
+            except SystemUnavailable as exc:
+                problems[system.name] = {"available": False, "note": str(exc)}
+            except Exception as exc:  # the whole batch failed: report it, go on with the others
+                problems[system.name] = {
+                    "available": False, "failed": True, "note": f"{type(exc).__name__}: {exc}"
+                }
+            progress.advance(n - step.done)
 
     outcomes: dict[str, BatchOutcome] = {}
     rows: list[dict[str, Any]] = []
     for system in systems:
-        progress.label(f"{workload.key} {system.name}")
-        done_before = [0]
-
-        def step(done: int, done_before: list[int] = done_before) -> None:
-            progress.advance(done - done_before[0])
-            done_before[0] = done
-
         row: dict[str, Any] = {"name": system.name, "description": system.description}
-        runs = []
-        try:
-            for _ in range(repeat):
-                done_before[0] = 0
-                runs.append(
-                    _run_system(system, workload.queries, setup, database, workload, resets, step)
-                )
-        except SystemUnavailable as exc:
-            progress.advance(len(workload.queries) * (repeat - len(runs)) - done_before[0])
-            row.update(available=False, note=str(exc))
-            rows.append(row)
+        rows.append(row)
+        if system.name in problems:
+            row.update(problems[system.name])
             continue
-        except Exception as exc:  # the whole batch failed: report it, go on with the others
-            progress.advance(len(workload.queries) * (repeat - len(runs)) - done_before[0])
-            row.update(available=False, failed=True, note=f"{type(exc).__name__}: {exc}")
-            rows.append(row)
-            continue
-        outcome, _, recorder = runs[0]
-        seconds = statistics.median(t for _, t, _ in runs)
+        outcome, _, recorder = runs[system.name][0]
+        seconds = statistics.median(t for _, t, _ in runs[system.name])
         outcomes[system.name] = outcome
         errors = [
             {"query": i, "error": q.error} for i, q in enumerate(outcome.queries) if q.error
@@ -352,14 +365,13 @@ def _run_workload(
             lower_bound_own=lower_bounds.of(recorder),
             note=outcome.note,
             errors=errors,
-            run_seconds=[round(t, 4) for _, t, _ in runs],
+            run_seconds=[round(t, 4) for _, t, _ in runs[system.name]],
             per_query=[
                 {k: q.stats.get(k) for k in ("seconds", "llm_requests", "backend_calls",
                                              "computed_prompt_tokens", "output_tokens")}
                 for q in outcome.queries
             ],
         )
-        rows.append(row)
 
     _compare(rows, outcomes)
     return {
@@ -374,6 +386,43 @@ def _run_workload(
         ),
         "systems": rows,
     }
+
+
+class _Stepper:
+    """A system's progress callback: turns "queries done so far" into bar advances."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.done = 0
+        self._lock = threading.Lock()  # execute_batch reports from its worker threads
+
+    def __call__(self, done: int) -> None:
+        with self._lock:
+            if done > self.done:
+                self.progress.advance(done - self.done)
+                self.done = done
+
+
+def _stepper(progress: Progress) -> _Stepper:
+    return _Stepper(progress)
+
+
+def _warm_ups(workload: Workload, systems: Sequence[System]) -> list[System]:
+    """Untimed runs before the measured ones: the first query of each shape one by one (starts
+    engines, compiles output grammars), and the whole batch once through execute_batch when a
+    halo system will run (the engine then has seen batch-sized steps too)."""
+    warm: list[System] = [PerQuerySystem("warm-up", "untimed")]
+    if any(isinstance(s, HaloSystem) for s in systems) and hasattr(Connection, "execute_batch"):
+        warm.append(HaloSystem("warm-up-batch", "untimed"))
+    return warm
+
+
+def warm_up_queries(workload: Workload, systems: Sequence[System]) -> int:
+    """How many queries the warm-up runs (for the progress total)."""
+    return sum(
+        len(workload.queries) if isinstance(w, HaloSystem) else workload.shapes
+        for w in _warm_ups(workload, systems)
+    )
 
 
 def _run_system(

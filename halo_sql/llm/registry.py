@@ -51,6 +51,21 @@ def backend_for(spec: ModelSpec) -> Backend:
         return backend
 
 
+def running() -> frozenset[str]:
+    """Keys of the backends started so far (pair with `shutdown_started_since`)."""
+    with _pool_lock:
+        return frozenset(_pool)
+
+
+def shutdown_started_since(before: frozenset[str]) -> None:
+    """Close the backends started after `running()` returned `before`, and only those: a
+    command run inside a larger process (a test session, a notebook) leaves the engines it
+    found running for their owners."""
+    with _pool_lock:
+        for key in [k for k in _pool if k not in before]:
+            _pool.pop(key).close()
+
+
 def shutdown_all() -> None:
     """Close every backend of the process (tests and the shell call it at exit)."""
     with _pool_lock:
