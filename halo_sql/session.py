@@ -270,9 +270,7 @@ class Session:
         except duckdb.Error as exc:
             raise duckdb_error(exc) from None
         except Exception as exc:  # a bug of ours: still a HaloError, with the cause chained
-            raise InternalError(
-                f"internal error ({type(exc).__name__}: {exc}); please report it with the statement"
-            ) from exc
+            raise _internal(exc) from exc
         finally:
             stats.seconds = time.perf_counter() - began
             stats.rows_out = table.num_rows if table is not None else 0
@@ -391,6 +389,12 @@ class Session:
                 except HaloError as exc:
                     results[index].error = exc
                     plans.append(None)
+                except duckdb.Error as exc:
+                    results[index].error = duckdb_error(exc)
+                    plans.append(None)
+                except Exception as exc:  # a bug of ours must not cost the other queries
+                    results[index].error = _internal(exc)
+                    plans.append(None)
             runtime = BatchingRuntime(self.runtime)
             shared = SubplanCache()
             local = threading.local()
@@ -425,6 +429,10 @@ class Session:
                     )
                 except HaloError as exc:
                     result.error = exc
+                except duckdb.Error as exc:
+                    result.error = duckdb_error(exc)
+                except Exception as exc:  # a bug of ours must not cost the other queries
+                    result.error = _internal(exc)
                 finally:
                     runtime.worker_finished()
                     stats.seconds = time.perf_counter() - began_query
@@ -628,6 +636,14 @@ def _param_rows(session: Session, params: Any) -> list[Params]:
     if hasattr(params, "to_dict") and hasattr(params, "columns"):  # pandas
         return list(params.to_dict(orient="records"))
     return list(params)
+
+
+def _internal(exc: BaseException) -> InternalError:
+    error = InternalError(
+        f"internal error ({type(exc).__name__}: {exc}); please report it with the statement"
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _bind_params(ast: exp.Expr, params: Params) -> exp.Expr:

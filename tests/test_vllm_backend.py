@@ -263,3 +263,13 @@ def test_backend_reports_its_name_and_context_window(
     assert vllm_backend.name == f"vllm:{tiny_model_dir}"
     assert vllm_backend.context_window == 4096
     assert vllm_backend.generate([]) == []
+
+
+@pytest.mark.vllm
+def test_reset_cache_starts_the_prefix_cache_cold(vllm_backend: VLLMBackend) -> None:
+    prompt = "Reset check. " + "the same long shared instruction words " * 12
+    requests = [LLMRequest(prompt + "one"), LLMRequest(prompt + "two")]
+    vllm_backend.generate(requests)
+    assert vllm_backend.generate(requests)[0].cached_prompt_tokens > 0
+    vllm_backend.reset_cache()
+    assert vllm_backend.generate(requests)[0].cached_prompt_tokens == 0

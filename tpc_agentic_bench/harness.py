@@ -174,18 +174,11 @@ def _tiny_model(directory: Path, write: Any, shape: dict[str, int]) -> Path:
 
 def reset_prefix_cache(backend: Backend) -> str | None:
     """Empty a backend's prefix cache; returns how, or None when the backend offers no way."""
-    for method in ("reset_prefix_cache", "reset_cache"):
+    for method in ("reset_cache", "reset_prefix_cache"):
         reset = getattr(backend, method, None)
         if callable(reset):
             reset()
             return method
-    # Stopgap until VLLMBackend has a public reset (asked for in issue 6's report): the vLLM
-    # engine object itself has one. Kept to this one place.
-    engine = getattr(backend, "_llm", None)
-    reset = getattr(engine, "reset_prefix_cache", None)
-    if callable(reset):
-        reset()
-        return "_llm.reset_prefix_cache"
     return None
 
 

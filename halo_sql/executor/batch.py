@@ -60,6 +60,8 @@ class BatchingRuntime(LLMRuntime):
         self._cond = threading.Condition()
         self._pending: dict[Key, _Pending] = {}
         self._answers: dict[Key, LLMResponse] = {}
+        self._inflight: set[Key] = set()
+        """Keys being sent right now: asked again meanwhile, they are waited for, not re-sent."""
         self._errors: dict[Key, BaseException] = {}
         self._active = 0
         self._waiting = 0
@@ -90,7 +92,7 @@ class BatchingRuntime(LLMRuntime):
                     stats.deduplicated_requests += 1
                     if known is not None:
                         local[key] = known
-                elif key in self._answers or key in self._pending:
+                elif key in self._answers or key in self._pending or key in self._inflight:
                     stats.deduplicated_requests += 1
                     self.counters.shared_requests += 1
                 else:
@@ -126,6 +128,7 @@ class BatchingRuntime(LLMRuntime):
         """Send everything pending (called with the condition held; releases it while sending)."""
         batch = sorted(self._pending.items(), key=lambda item: (item[1].model, item[1].request.prompt))
         self._pending.clear()
+        self._inflight.update(key for key, _ in batch)
         self._flushing = True
         self.counters.flushes += 1
         self.counters.flush_sizes.append(len(batch))
@@ -158,6 +161,7 @@ class BatchingRuntime(LLMRuntime):
             self._cond.acquire()
             self._answers.update(results)
             self._errors.update(errors)
+            self._inflight.difference_update(key for key, _ in batch)
             self._flushing = False
             self._cond.notify_all()
 

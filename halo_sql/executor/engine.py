@@ -202,11 +202,30 @@ def _(op: po.LLMBatchFilter, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
 
 @stream.register
 def _(op: po.LLMBatchMap, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+    # Small input batches (the branches of a UNION ALL, say) are gathered up to `batch_rows`
+    # first: one model batch for them all rather than one each.
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+
+    def evaluate(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        table = pa.Table.from_batches(batches).combine_chunks()
+        for batch in table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]:
+            for offset in range(0, max(batch.num_rows, 1), op.batch_rows):
+                piece = batch.slice(offset, op.batch_rows)
+                values = evaluate_rows(
+                    op.call, [piece.column(a) for a in op.arguments], ctx.runtime, ctx.stats,
+                    rows=piece.num_rows,
+                )
+                yield piece.append_column(pa.field(op.output_column, values.type), values)
+
     for batch in stream(op.child, ctx):
-        for offset in range(0, max(batch.num_rows, 1), op.batch_rows):
-            piece = batch.slice(offset, op.batch_rows)
-            values = evaluate_rows(op.call, [piece.column(a) for a in op.arguments], ctx.runtime, ctx.stats, rows=piece.num_rows)
-            yield piece.append_column(pa.field(op.output_column, values.type), values)
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows >= op.batch_rows:
+            yield from evaluate(pending)
+            pending, rows = [], 0
+    if pending:
+        yield from evaluate(pending)
 
 
 @stream.register

@@ -130,6 +130,11 @@ class VLLMBackend:
         """The engine's max_model_len: prompt plus output tokens of one request."""
         return self._max_model_len
 
+    def reset_cache(self) -> None:
+        """Forget every cached prefix, as a freshly started engine would (benchmarks start each
+        system cold with it). Same name as the sim backend's."""
+        compat.reset_prefix_cache(self._engine())
+
     def close(self) -> None:
         """Stop the engine and its worker processes; calling it twice is harmless."""
         llm = getattr(self, "_llm", None)

@@ -204,3 +204,8 @@ def shutdown(llm: LLM) -> None:
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
     gc.collect()
+
+
+def reset_prefix_cache(llm: Any) -> None:
+    """Drop the engine's prefix cache (vLLM 0.32: `LLM.reset_prefix_cache()`)."""
+    llm.reset_prefix_cache()

@@ -453,8 +453,9 @@ class PlanBuilder:
         if site.call.template.data_last:
             return  # FlockMTL inputs are SQL expressions, already qualified
         visible: dict[str, list[str]] = {}
-        for alias, source in scope.sources.items():
-            visible[alias] = _source_columns(source, self.catalog)
+        # Only what this SELECT's FROM names: CTEs defined around it are not in scope.
+        for alias, source in scope.selected_sources.items():
+            visible[alias] = _source_columns(source[1], self.catalog)
         resolved: list[exp.Expr] = []
         for slot in site.call.template.slots:
             where = location_of(site.node)
