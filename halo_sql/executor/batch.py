@@ -51,7 +51,7 @@ class BatchingRuntime(LLMRuntime):
     """An LLMRuntime that coalesces the requests of concurrently running queries."""
 
     def __init__(self, base: LLMRuntime, *, flush_after: float = 0.02, max_flush: int = 4096) -> None:
-        super().__init__(base.backend, max_batch=base.max_batch)
+        super().__init__(base.backend, max_batch=base.max_batch, sizer=base.sizer)
         self._base = base
         self.flush_after = flush_after
         """Seconds a waiting query gives others to reach their LLM step before it sends anyway."""
@@ -141,8 +141,9 @@ class BatchingRuntime(LLMRuntime):
             for key, pending in batch:
                 by_model.setdefault(pending.model, []).append((key, pending))
             for model, items in by_model.items():
-                for start in range(0, len(items), self.max_batch):
-                    chunk = items[start : start + self.max_batch]
+                by_key = dict(items)
+                for requests in self.chunks(model, [(key, p.request) for key, p in items]):
+                    chunk = [(key, by_key[key]) for key, _ in requests]
                     try:
                         responses = self._send(model, [p.request for _, p in chunk])
                     except BaseException as exc:  # every waiting query gets the failure, none hangs
@@ -168,8 +169,10 @@ class BatchingRuntime(LLMRuntime):
     def _send(self, model: str, requests: list[LLMRequest]) -> list[LLMResponse]:
         backend = self.backend(model)
         with self._base._lock_for(model):
+            began = time.perf_counter()
             try:
                 responses = backend.generate(requests)
+                self.sizer.observe(len(requests), time.perf_counter() - began)
             except ModelError:
                 raise
             except Exception as exc:

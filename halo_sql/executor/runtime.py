@@ -20,12 +20,14 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from halo_sql.errors import ModelError, QueryCancelled
 from halo_sql.llm.base import Backend, LLMRequest, LLMResponse
+
+T = TypeVar("T", bound=tuple[Any, LLMRequest])
 
 _samples = itertools.count()
 
@@ -116,12 +118,71 @@ class StatementStats:
             setattr(self, key, getattr(self, key) + getattr(other, key))
 
 
+class BatchSizer:
+    """How many requests go to a backend in one call: adaptive batching.
+
+    The first size comes from the profile: enough requests to fill the KV cache `waves` times
+    (prompt + output tokens of the requests in flight are what the cache holds), so the engine
+    always has the next wave queued; then it follows measured throughput: the size grows by half
+    while requests/s keeps improving, and shrinks back to the best size seen when throughput
+    falls by more than a fifth. Sizes stay within [min_size, max_size].
+
+    >>> sizer = BatchSizer(kv_cache_tokens=8192, waves=2, min_size=8, max_size=4096)
+    >>> sizer.size(average_request_tokens=128)
+    128
+    >>> sizer.observe(128, seconds=1.0); sizer.size(128)      # 128 req/s: try bigger
+    192
+    >>> sizer.observe(192, seconds=3.0); sizer.size(128)      # 64 req/s: back to the best
+    128
+    """
+
+    def __init__(
+        self,
+        *,
+        kv_cache_tokens: int = 65_536,
+        waves: int = 2,
+        min_size: int = 8,
+        max_size: int = 4096,
+    ) -> None:
+        self.kv_cache_tokens = kv_cache_tokens
+        self.waves = waves
+        self.min_size = min_size
+        self.max_size = max_size
+        self._current: int | None = None
+        self._best: tuple[float, int] | None = None  # (requests per second, size)
+
+    def size(self, average_request_tokens: float) -> int:
+        if self._current is None:
+            fit = self.kv_cache_tokens * self.waves / max(average_request_tokens, 1.0)
+            self._current = int(min(self.max_size, max(self.min_size, fit)))
+        return self._current
+
+    def observe(self, requests: int, seconds: float) -> None:
+        """Record one backend call; only calls that filled the current size say anything."""
+        if self._current is None or requests < self._current or seconds <= 0:
+            return
+        rate = requests / seconds
+        if self._best is None or rate >= self._best[0]:
+            self._best = (rate, self._current)
+            self._current = min(self.max_size, int(self._current * 1.5))
+        elif rate < 0.8 * self._best[0]:
+            self._current = self._best[1]
+
+
 class LLMRuntime:
     """Routes batches to backends (one per model), deduplicates, orders, and accounts."""
 
-    def __init__(self, backend_for: Callable[[str], Backend], *, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        backend_for: Callable[[str], Backend],
+        *,
+        max_batch: int = 4096,
+        sizer: BatchSizer | None = None,
+    ) -> None:
         self._backend_for = backend_for
         self.max_batch = max_batch
+        self.sizer = sizer or BatchSizer(max_size=max_batch)
+        """Chooses each call's size within `max_batch` (see BatchSizer)."""
         """Largest batch handed to a backend in one call (bounds memory and cancel latency)."""
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -150,10 +211,9 @@ class LLMRuntime:
         ordered = sorted(fresh.items(), key=lambda item: item[1].prompt)
         backend = self._backend_for(model)
         lock = self._lock_for(model)
-        for start in range(0, len(ordered), self.max_batch):
+        for chunk in self.chunks(model, ordered):
             if stats.cancel.is_set():
                 raise QueryCancelled("statement cancelled; answers received so far are kept")
-            chunk = ordered[start : start + self.max_batch]
             began = time.perf_counter()
             with lock:
                 try:
@@ -162,7 +222,9 @@ class LLMRuntime:
                     raise
                 except Exception as exc:  # a backend failure must name the model, not crash deep
                     raise ModelError(f"model {model!r} failed on a batch of {len(chunk)}: {exc}") from exc
-            stats.llm_seconds += time.perf_counter() - began
+            elapsed = time.perf_counter() - began
+            self.sizer.observe(len(chunk), elapsed)
+            stats.llm_seconds += elapsed
             stats.backend_calls += 1
             for (key, _), response in zip(chunk, responses, strict=True):
                 stats.memo.put(key, response)
@@ -176,6 +238,17 @@ class LLMRuntime:
             if stats.progress is not None:
                 stats.progress(stats)
         return [answers[key] for key in keys]
+
+    def chunks(self, model: str, items: list[T]) -> Iterator[list[T]]:
+        """`items` (pairs whose second element is an LLMRequest) cut into backend calls whose
+        size the sizer chooses, re-asked after every call so it can adapt."""
+        start = 0
+        while start < len(items):
+            sample = items[start : start + 64]
+            average = sum(len(r.prompt) / 4 + r.params.max_tokens for _, r in sample) / len(sample)
+            size = max(1, min(self.max_batch, self.sizer.size(average)))
+            yield items[start : start + size]
+            start += size
 
     def _lock_for(self, model: str) -> threading.Lock:
         with self._locks_guard:

@@ -3,7 +3,7 @@
     >>> from halo_sql.llm.sim import SimBackend
     >>> backend = SimBackend()
     >>> [r.text for r in backend.generate([LLMRequest("Is it late? yes or no", OutputSpec.boolean())])]
-    ['no']
+    ['yes']
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ structured outputs, and every response carries the engine's own token counts (pr
 prompt, output). Version-specific vLLM calls live in `vllm_compat`.
 
     >>> backend = VLLMBackend("/tmp/tiny")                        # doctest: +SKIP
-    >>> [r.text for r in backend.generate([LLMRequest("Late?", OutputSpec.boolean())])]
+    >>> [r.text for r in backend.generate([LLMRequest("Late?", OutputSpec.boolean())])]  # doctest: +SKIP
     ['no']
     >>> backend.close()                                           # doctest: +SKIP
 

@@ -243,9 +243,15 @@ def explain_consolidated(plans: list[StatementPlan]) -> str:
                 for udf in node.udfs:
                     calls.setdefault(("udf", udf.call.describe()), set()).add(index)
     distinct_roots = {statement.root for statement in plans}
+    instances = sum(len(q) for (kind, _), q in calls.items() if kind != "udf")
+    merged = sum(1 for kind, _ in calls if kind != "udf")
+    subplans = [(n, q) for n, q in uses.items() if isinstance(n, DuckDBQuery)]
     lines = [
         f"batch: {len(plans)} queries, {len(distinct_roots)} distinct plans, "
         f"{len(uses)} distinct plan nodes",
+        f"savings: {instances} LLM operator instances -> {merged} merged operators "
+        f"(one backend batch per step instead of one per query); "
+        f"{sum(len(q) for _, q in subplans)} DuckDB sub-plan runs -> {len(subplans)}",
     ]
     shared = sorted(
         ((len(q), explain(n).splitlines()[0].strip()) for n, q in uses.items()
