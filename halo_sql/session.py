@@ -37,7 +37,7 @@ from halo_sql.errors import (
 from halo_sql.executor.batch import BatchingRuntime
 from halo_sql.executor.duckdb_bridge import duckdb_error
 from halo_sql.executor.engine import ExecutionContext, SubplanCache, execute
-from halo_sql.executor.runtime import LLMRuntime, ResponseMemo, StatementStats
+from halo_sql.executor.runtime import BatchSizer, LLMRuntime, ResponseMemo, StatementStats
 from halo_sql.llm.base import Backend
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
@@ -116,7 +116,7 @@ class Session:
         function; equivalence tests compare both)."""
         self.optimizer_settings = OptimizerSettings()
         """SET disable_rules / enable_rules / optimizer_sample_rows (halo_sql.optimizer.settings)."""
-        self.runtime = LLMRuntime(self.backend)
+        self.runtime = LLMRuntime(self.backend, sizer_for=self._batch_sizer)
         self.last_stats = StatementStats()
         self.last_plan: StatementPlan | None = None
         self._current: StatementStats | None = None
@@ -145,6 +145,14 @@ class Session:
         elif len(self.models) == 1:
             # A database that stores exactly one model: that model is the obvious default.
             self.default_model = next(iter(self.models))
+
+    def _batch_sizer(self, model: str) -> BatchSizer:
+        """Adaptive batching starts from the model's profile (its KV-cache capacity)."""
+        from halo_sql.optimizer.profile import find_profile
+
+        spec = self.models.get(model)
+        profile = find_profile(spec.backend, spec.model) if spec else None
+        return BatchSizer(kv_cache_tokens=profile.kv_cache_tokens) if profile else BatchSizer()
 
     def backend(self, model: str) -> Backend:
         """The running backend for a model name (started on first use, shared in the process)."""

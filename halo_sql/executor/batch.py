@@ -51,7 +51,7 @@ class BatchingRuntime(LLMRuntime):
     """An LLMRuntime that coalesces the requests of concurrently running queries."""
 
     def __init__(self, base: LLMRuntime, *, flush_after: float = 0.02, max_flush: int = 4096) -> None:
-        super().__init__(base.backend, max_batch=base.max_batch, sizer=base.sizer)
+        super().__init__(base.backend, max_batch=base.max_batch, sizer_for=base.sizer)
         self._base = base
         self.flush_after = flush_after
         """Seconds a waiting query gives others to reach their LLM step before it sends anyway."""
@@ -172,7 +172,7 @@ class BatchingRuntime(LLMRuntime):
             began = time.perf_counter()
             try:
                 responses = backend.generate(requests)
-                self.sizer.observe(len(requests), time.perf_counter() - began)
+                self.sizer(model).observe(len(requests), time.perf_counter() - began)
             except ModelError:
                 raise
             except Exception as exc:

@@ -177,12 +177,13 @@ class LLMRuntime:
         backend_for: Callable[[str], Backend],
         *,
         max_batch: int = 4096,
-        sizer: BatchSizer | None = None,
+        sizer_for: Callable[[str], BatchSizer] | None = None,
     ) -> None:
         self._backend_for = backend_for
         self.max_batch = max_batch
-        self.sizer = sizer or BatchSizer(max_size=max_batch)
-        """Chooses each call's size within `max_batch` (see BatchSizer)."""
+        self._sizer_for = sizer_for or (lambda model: BatchSizer(max_size=max_batch))
+        self._sizers: dict[str, BatchSizer] = {}
+        """One per model: chooses each call's size within `max_batch` (see BatchSizer)."""
         """Largest batch handed to a backend in one call (bounds memory and cancel latency)."""
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -223,7 +224,7 @@ class LLMRuntime:
                 except Exception as exc:  # a backend failure must name the model, not crash deep
                     raise ModelError(f"model {model!r} failed on a batch of {len(chunk)}: {exc}") from exc
             elapsed = time.perf_counter() - began
-            self.sizer.observe(len(chunk), elapsed)
+            self.sizer(model).observe(len(chunk), elapsed)
             stats.llm_seconds += elapsed
             stats.backend_calls += 1
             for (key, _), response in zip(chunk, responses, strict=True):
@@ -239,6 +240,12 @@ class LLMRuntime:
                 stats.progress(stats)
         return [answers[key] for key in keys]
 
+    def sizer(self, model: str) -> BatchSizer:
+        with self._locks_guard:
+            if model not in self._sizers:
+                self._sizers[model] = self._sizer_for(model)
+            return self._sizers[model]
+
     def chunks(self, model: str, items: list[T]) -> Iterator[list[T]]:
         """`items` (pairs whose second element is an LLMRequest) cut into backend calls whose
         size the sizer chooses, re-asked after every call so it can adapt."""
@@ -246,7 +253,7 @@ class LLMRuntime:
         while start < len(items):
             sample = items[start : start + 64]
             average = sum(len(r.prompt) / 4 + r.params.max_tokens for _, r in sample) / len(sample)
-            size = max(1, min(self.max_batch, self.sizer.size(average)))
+            size = max(1, min(self.max_batch, self.sizer(model).size(average)))
             yield items[start : start + size]
             start += size
 
