@@ -18,7 +18,7 @@ from tpc_agentic_bench.harness import BenchConfig, LowerBound, canonical_rows, r
 from tpc_agentic_bench.recording import Recorder
 from tpc_agentic_bench.report import format_report, write_json, write_plot
 from tpc_agentic_bench.systems import make_system, sum_stats
-from tpc_agentic_bench.workloads import WORKLOADS, build_workload
+from tpc_agentic_bench.workloads import AGENT_WORKLOADS, WORKLOADS, build_workload
 
 SYSTEMS = ("naive", "per_query", "halo")
 
@@ -28,6 +28,16 @@ def report(tpch_dir: Path) -> dict[str, Any]:
     """One small run of all six workloads under naive, per_query and halo."""
     config = BenchConfig(
         backend="sim", queries=2, scale=0.01, systems=SYSTEMS, cache_dir=tpch_dir.parent
+    )
+    return run_benchmark(config)
+
+
+@pytest.fixture(scope="module")
+def agent_report(tpch_dir: Path) -> dict[str, Any]:
+    """One small run of the agent-workflow variants (W2A, W3A, W5A, W6A) under the same systems."""
+    config = BenchConfig(
+        backend="sim", queries=2, scale=0.01, systems=SYSTEMS, cache_dir=tpch_dir.parent,
+        workloads=tuple(AGENT_WORKLOADS),
     )
     return run_benchmark(config)
 
@@ -108,9 +118,64 @@ def test_cli_quick_run_on_sim(tpch_dir: Path, tmp_path: Path, capsys: pytest.Cap
     assert (tmp_path / "r.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("workload", list(AGENT_WORKLOADS))
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_agent_workloads_run_and_agree(agent_report: dict[str, Any], workload: str,
+                                       system: str) -> None:
+    row = _row(agent_report, workload, system)
+    assert row["available"] and not row.get("failed"), row.get("note")
+    assert row["errors"] == []
+    assert row["agreement"] == 1.0, row["differing_queries"]
+    assert row["agent_steps"] > 0 and row["llm_requests"] > 0
+    if system == "naive":
+        assert row["backend_calls"] == row["llm_requests"]
+
+
+@pytest.mark.parametrize("workload", list(AGENT_WORKLOADS))
+def test_agent_workloads_call_their_sql_tools(agent_report: dict[str, Any], workload: str) -> None:
+    # The sim model calls tools too, so every agent workload exercises the SQL-tool path.
+    row = _row(agent_report, workload, "per_query")
+    assert row["tool_calls"] > 0 and row["tool_errors"] == 0
+    entry = next(w for w in agent_report["workloads"] if w["key"] == workload)
+    assert "AGENT('" in entry["example_query"]
+
+
+def test_agent_workloads_define_their_agents_on_each_session(tpch_dir: Path) -> None:
+    import halo_sql
+    from halo_sql.datasets.tpch import load_tpch
+
+    for key in AGENT_WORKLOADS:
+        con = halo_sql.connect(backend="sim")  # a fresh session knows no agents
+        load_tpch(con.session.connection, 0.01, tpch_dir.parent)
+        workload = build_workload(key, con.session.connection, 1)
+        assert workload.setup_sql and workload.key == key
+        for statement in workload.setup_sql * 2:  # CREATE OR REPLACE: safe to run again
+            con.sql(statement)
+        agents = con.sql("SHOW AGENTS").column(0).to_pylist()
+        assert agents and all(name.startswith(key.lower() + "_") for name in agents), agents
+        result = con.run(workload.queries[0])
+        assert result.table.num_rows > 0
+        con.close()
+
+
+def test_cli_agents_flag_adds_the_agent_workloads(
+    tpch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main([
+        "run", "--backend", "sim", "--workloads", "W6", "--agents", "--queries", "1",
+        "--scale", "0.01", "--systems", "per_query", "--cache-dir", str(tpch_dir.parent),
+        "--json", str(tmp_path / "r.json"), "--no-progress",
+    ])
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    keys = [w["key"] for w in json.loads((tmp_path / "r.json").read_text())["workloads"]]
+    assert keys == ["W6", *AGENT_WORKLOADS]
+    assert "W6A fan-out agent" in out.out
+
+
 def test_workloads_are_deterministic(tpch: Any) -> None:
     database = tpch.session.connection
-    for key in WORKLOADS:
+    for key in [*WORKLOADS, *AGENT_WORKLOADS]:
         first, second = build_workload(key, database, 3), build_workload(key, database, 3)
         assert first.queries == second.queries and len(first.queries) == 3
 

@@ -19,7 +19,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 def _parser() -> argparse.ArgumentParser:
     from tpc_agentic_bench.systems import ABLATIONS
-    from tpc_agentic_bench.workloads import WORKLOADS
+    from tpc_agentic_bench.workloads import AGENT_WORKLOADS, WORKLOADS
 
     parser = argparse.ArgumentParser(prog="python -m tpc_agentic_bench")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -27,7 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true",
                      help="smoke-test size: TPC-H SF 0.01 and 4 queries per workload")
     run.add_argument("--workloads", default=",".join(WORKLOADS),
-                     help="comma-separated workload keys (default: all of W1..W6)")
+                     help="comma-separated workload keys (default: all of W1..W6; agent "
+                          f"variants: {', '.join(AGENT_WORKLOADS)})")
+    run.add_argument("--agents", action="store_true",
+                     help="also run the agent-workflow variants "
+                          f"{', '.join(AGENT_WORKLOADS)} after the selected workloads")
     run.add_argument("--queries", type=int, help="queries per workload (default 4 quick, 16 full)")
     run.add_argument("--scale", type=float, help="TPC-H scale factor (default 0.01 quick, 0.1 full)")
     run.add_argument("--backend", choices=("vllm", "sim"), default="vllm")
@@ -77,12 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ablations_supported():
             systems += tuple(ABLATIONS)
     from tpc_agentic_bench.systems import make_system
-    from tpc_agentic_bench.workloads import WORKLOADS
+    from tpc_agentic_bench.workloads import AGENT_WORKLOADS, ALL_WORKLOADS
 
     workloads = tuple(k.strip().upper() for k in args.workloads.split(",") if k.strip())
-    unknown = [k for k in workloads if k not in WORKLOADS]
+    if args.agents:
+        workloads += tuple(k for k in AGENT_WORKLOADS if k not in workloads)
+    unknown = [k for k in workloads if k not in ALL_WORKLOADS]
     if unknown or not workloads:
-        parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")
+        parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(ALL_WORKLOADS)}")
     try:
         for name in systems:
             make_system(name)

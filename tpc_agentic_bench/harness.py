@@ -428,6 +428,8 @@ def _run_system(
     step: Any,
 ) -> tuple[BatchOutcome, float, Recorder]:
     con = setup.connect(database)  # dropped afterwards, not closed (that closes `database`)
+    for statement in workload.setup_sql:  # CREATE TOOL / CREATE AGENT: session state, untimed
+        con.sql(statement)
     for model in workload.models:
         how = reset_prefix_cache(con.session.backend(model))
         resets.add(how or "none")

@@ -34,7 +34,8 @@ from tpc_agentic_bench.recording import Recorder
 STAT_KEYS = (
     "llm_requests", "backend_calls", "prompt_tokens", "cached_prompt_tokens",
     "computed_prompt_tokens", "output_tokens", "deduplicated_requests", "invalid_answers",
-    "failed_requests", "llm_seconds",
+    "failed_requests", "llm_seconds", "agent_steps", "tool_calls", "deduplicated_tool_calls",
+    "tool_errors",
 )
 """Per-statement statistics (`con.stats()` keys) that a batch sums over its queries."""
 

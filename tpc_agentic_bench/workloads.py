@@ -1,5 +1,9 @@
 """The six workloads: each a batch of N parameterized SQL queries over TPC-H's text columns.
 
+`AGENT_WORKLOADS` adds agent-workflow variants of W2, W3, W5 and W6 (W2A..W6A): the same batches
+as `AGENT(...)` table functions with SQL tools, their CREATE TOOL / CREATE AGENT statements in
+`Workload.setup_sql`.
+
 A workload is plain data (its SQL text, the statements that must run first on every session, the
 model names it uses); the systems in `systems.py` decide how the batch runs. Parameters (customer
 keys, nations, brands, months) are picked from the loaded TPC-H data by deterministic SQL, so the
@@ -30,7 +34,7 @@ class Workload:
     """One workload instance: a batch of queries ready to run."""
 
     key: str
-    """Short id, "W1".."W6"."""
+    """Short id, "W1".."W6", or "W2A".."W6A" for the agent variants."""
     name: str
     description: str
     queries: tuple[str, ...]
@@ -38,6 +42,9 @@ class Workload:
     models: tuple[str, ...] = ("default",)
     """Model names the queries call; the harness defines every name but "default" with
     CREATE MODEL on each session (see `harness.ModelSetup`)."""
+    setup_sql: tuple[str, ...] = ()
+    """Statements the harness runs on every fresh session before the batch (CREATE TOOL /
+    CREATE AGENT of the agent workloads); they are not timed and not part of the batch."""
     shapes: int = 1
     """Distinct query shapes in the batch (its first `shapes` queries cover all of them); the
     harness runs those once before timing, so that one-time work (starting an engine, compiling
@@ -346,6 +353,221 @@ FROM findings""")
     )
 
 
+# -- agent workflows (issue 7): W2, W3, W5 and W6 as AGENT table functions with SQL tools ---------
+#
+# Agents and tools are session state: each workload's `setup_sql` defines them (CREATE OR
+# REPLACE, so re-running on a session is harmless). Names carry the workload key so workloads
+# never see each other's definitions. Every text reply is capped (max_tokens, maxLength) because
+# the random-weight tiny model only stops where the reply's JSON schema makes it stop.
+
+_ORDER_LINES_TOOL = (
+    "CREATE OR REPLACE TOOL {name} AS SQL "
+    + sql_string(
+        "SELECT l_linenumber, l_shipdate, l_commitdate, l_receiptdate, l_shipmode FROM lineitem "
+        "WHERE l_orderkey = :orderkey ORDER BY l_linenumber"
+    )
+    + " WITH (parameters => '{{\"orderkey\": \"integer\"}}', "
+    "description => 'Line items of an order with their ship, commit and receipt dates.')"
+)
+
+
+AGENT_MAX_TOKENS = 96
+"""Tokens per agent reply: room for the JSON wrapper, a tool call or an answer of
+`AGENT_TEXT_CHARS` characters (a cut-off reply does not parse and costs the agent a step)."""
+AGENT_TEXT_CHARS = 40
+"""Longest text answer (JSON schema maxLength) of the agents."""
+_TEXT_OUTPUT = f"output => '{{\"type\": \"string\", \"maxLength\": {AGENT_TEXT_CHARS}}}'"
+
+
+def _agent(name: str, instructions: str, options: str) -> str:
+    return (
+        f"CREATE OR REPLACE AGENT {name} WITH (instructions => {sql_string(instructions)}, "
+        f"{options})"
+    )
+
+
+def w2a_reflection_agents(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
+    setup = (
+        _ORDER_LINES_TOOL.format(name="w2a_order_lines"),
+        _agent("w2a_analyst", _W2_ROLE + "Answer the question in one sentence.",
+               f"tools => [w2a_order_lines], max_steps => 3, max_tokens => {AGENT_MAX_TOKENS}, "
+               + _TEXT_OUTPUT),
+        _agent("w2a_critic", _W2_ROLE + "Critique the draft answer to the question: point out "
+               "what it gets wrong or leaves out. Set ok to true when nothing needs to change.",
+               f"tools => [w2a_order_lines], max_steps => 2, max_tokens => {AGENT_MAX_TOKENS}, "
+               "output => '{\"ok\": \"boolean\", \"critique\": {\"type\": \"string\", "
+               f"\"maxLength\": {AGENT_TEXT_CHARS}}}}}'"),
+        _agent("w2a_reviser", _W2_ROLE + "Revise the draft answer so that it addresses the "
+               "critique. Answer in one sentence.",
+               f"max_steps => 1, max_tokens => {AGENT_MAX_TOKENS}, "
+               + _TEXT_OUTPUT),
+    )
+    queries = []
+    for custkey in _customers(con, n, salt=2):
+        queries.append(f"""WITH questions AS (
+    SELECT o_orderkey,
+           'Will order ' || o_orderkey || ' (priority ' || o_orderpriority || ', status '
+               || o_orderstatus || ') be delivered on time? Clerk note: ' || o_comment AS question
+    FROM orders WHERE o_custkey = {custkey}
+    ORDER BY o_orderkey LIMIT 3
+), answered AS (
+    SELECT o_orderkey, question, answer AS draft
+    FROM AGENT('w2a_analyst', input => (SELECT * FROM questions))
+), critiqued AS (
+    SELECT o_orderkey, question, draft, ok, critique
+    FROM AGENT('w2a_critic', input => (SELECT * FROM answered))
+), revised AS (
+    SELECT o_orderkey, answer AS revision
+    FROM AGENT('w2a_reviser', input => (SELECT * FROM critiqued WHERE NOT coalesce(ok, false)))
+)
+SELECT c.o_orderkey, c.draft, c.ok, c.critique, coalesce(r.revision, c.draft) AS final
+FROM critiqued c LEFT JOIN revised r USING (o_orderkey)
+ORDER BY c.o_orderkey""")
+    return Workload(
+        "W2A",
+        "reflection agents",
+        "W2 as agents: per customer's orders an analyst agent (SQL tool: the order's line items) "
+        "answers, a critic agent reviews the draft, a reviser agent rewrites rejected drafts",
+        tuple(queries),
+        setup_sql=setup,
+    )
+
+
+_PART_SUPPLY_TOOL = (
+    "CREATE OR REPLACE TOOL w3a_part_supply AS SQL "
+    + sql_string(
+        "SELECT ps_suppkey, ps_availqty, ps_supplycost FROM partsupp "
+        "WHERE ps_partkey = :partkey ORDER BY ps_supplycost LIMIT 5"
+    )
+    + " WITH (parameters => '{\"partkey\": \"integer\"}', "
+    "description => 'Suppliers, stock and unit cost of a part.')"
+)
+
+
+def w3a_voting_agents(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
+    setup = [_PART_SUPPLY_TOOL]
+    for name, text in _W3_JUDGES:
+        setup.append(_agent(
+            f"w3a_{name}_judge", text.removesuffix(" Listing: {item}"),
+            f"tools => [w3a_part_supply], max_steps => 3, max_tokens => {AGENT_MAX_TOKENS}, "
+            "output => ['accept', 'reject']",
+        ))
+    brands = _sample(con, "SELECT DISTINCT p_brand FROM part ORDER BY p_brand", n)
+    verdict = sql_string(
+        "You are the chair of a review panel. Combine the judges' votes on this part listing "
+        "into one final decision with a short reason."
+    )
+    queries = []
+    for index, (brand,) in enumerate(brands):
+        size = 1 + (index * 7) % 50
+        votes = "\n    UNION ALL\n    ".join(
+            f"SELECT p_partkey, '{name}: ' || answer AS vote "
+            f"FROM AGENT('w3a_{name}_judge', input => (SELECT * FROM listings))"
+            for name, _ in _W3_JUDGES
+        )
+        queries.append(f"""WITH listings AS (
+    SELECT p_partkey, p_name || ' (' || p_type || ', size ' || p_size || '): ' || p_comment AS item
+    FROM part WHERE p_brand = {sql_string(brand)} AND p_size >= {size}
+    ORDER BY p_partkey LIMIT 3
+), votes AS (
+    {votes}
+)
+SELECT p_partkey, LLM_AGG({verdict}, vote, max_tokens => 24) AS decision
+FROM votes GROUP BY p_partkey ORDER BY p_partkey""")
+    return Workload(
+        "W3A",
+        "voting agents",
+        "W3 as agents: three judge agents (SQL tool: the part's suppliers and stock) over the "
+        "same listings, then LLM_AGG over their votes",
+        tuple(queries),
+        setup_sql=tuple(setup),
+    )
+
+
+def w5a_analytics_agent(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
+    setup = (
+        _ORDER_LINES_TOOL.format(name="w5a_order_lines"),
+        "CREATE OR REPLACE TOOL w5a_customer_orders AS SQL "
+        + sql_string(
+            "SELECT o_orderkey, o_orderdate, o_orderpriority, o_totalprice FROM orders "
+            "WHERE o_custkey = :custkey ORDER BY o_orderdate DESC, o_orderkey LIMIT 5"
+        )
+        + " WITH (parameters => '{\"custkey\": \"integer\"}', "
+        "description => 'The most recent orders of a customer.')",
+        _agent("w5a_delay_analyst", _W5_ROLE + "Decide whether this order is delayed or has a "
+               "problem; look up its line items or the customer's other orders when the note "
+               "is not enough.",
+               "tools => [w5a_order_lines, w5a_customer_orders], max_steps => 3, "
+               f"max_tokens => {AGENT_MAX_TOKENS}, output => ['on_time', 'delayed', 'problem']"),
+    )
+    months = [f"{1993 + (g % 5)}-{1 + (g * 5) % 12:02d}" for g in range(n)]
+    queries = []
+    for i in range(n):
+        group = i // 2  # the two shapes of a group look at the same nation and month
+        nation, month = (group * 7 + 3) % 25, months[group]
+        orders = (
+            "FROM orders JOIN customer ON o_custkey = c_custkey "
+            f"WHERE c_nationkey = {nation} AND o_orderdate >= DATE '{month}-01' "
+            f"AND o_orderdate < DATE '{month}-01' + INTERVAL 1 MONTH"
+        )
+        inputs = (
+            f"SELECT o_orderkey, o_custkey, o_orderpriority, o_comment {orders} "
+            "ORDER BY o_totalprice DESC, o_orderkey LIMIT 3"
+        )
+        if i % 2 == 0:  # the agent over a relational top-k, aggregated relationally
+            queries.append(f"""SELECT answer AS verdict, count(*) AS orders, min(o_orderkey) AS first_order
+FROM AGENT('w5a_delay_analyst', input => ({inputs}))
+GROUP BY answer ORDER BY answer""")
+        else:  # the same agent per row, joined back to the order's customer
+            queries.append(f"""SELECT a.o_orderkey, c.c_name, a.answer AS verdict, a.steps
+FROM AGENT('w5a_delay_analyst', input => ({inputs})) AS a
+JOIN customer c ON c.c_custkey = a.o_custkey
+ORDER BY a.o_orderkey""")
+    return Workload(
+        "W5A",
+        "analytics agent",
+        "W5 as an agent: per (nation, month) an analyst agent with two SQL tools over TPC-H "
+        "(line items of an order, a customer's recent orders) judges the top-3 orders; the "
+        "result is grouped, or joined back to customers",
+        tuple(queries),
+        setup_sql=setup,
+        shapes=min(2, n),
+    )
+
+
+def w6a_fan_out_agent(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
+    setup = [
+        f"CREATE OR REPLACE TOOL w6a_{name} AS SQL "
+        + sql_string(sql.replace("{c}", ":custkey"))
+        + " WITH (parameters => '{\"custkey\": \"integer\"}', "
+        + f"description => {sql_string(name.replace('_', ' ') + ' of a customer')})"
+        for name, sql in _W6_TOOLS
+    ]
+    tools = ", ".join(f"w6a_{name}" for name, _ in _W6_TOOLS)
+    setup.append(_agent(
+        "w6a_account_reviewer",
+        "You prepare account reviews for a wholesale parts supplier. Look up what you need "
+        "about the customer with the tools, then write the review of the customer.",
+        f"tools => [{tools}], max_steps => 4, max_tokens => {AGENT_MAX_TOKENS}, "
+        + _TEXT_OUTPUT,
+    ))
+    queries = tuple(
+        f"""SELECT c_custkey, answer AS review, steps, len(tool_calls) AS calls
+FROM AGENT('w6a_account_reviewer', input => (
+    SELECT c_custkey, c_name, c_mktsegment FROM customer WHERE c_custkey = {custkey}))
+ORDER BY c_custkey"""
+        for custkey in _customers(con, n, salt=6)
+    )
+    return Workload(
+        "W6A",
+        "fan-out agent",
+        "W6 as an agent: per customer a reviewer agent whose six SQL tools are the W6 "
+        "sub-queries (the model picks which to call) writes the account review",
+        queries,
+        setup_sql=tuple(setup),
+    )
+
+
 WORKLOADS: dict[str, Callable[[duckdb.DuckDBPyConnection, int], Workload]] = {
     "W1": w1_multi_step,
     "W2": w2_adversarial,
@@ -354,15 +576,28 @@ WORKLOADS: dict[str, Callable[[duckdb.DuckDBPyConnection, int], Workload]] = {
     "W5": w5_analytics,
     "W6": w6_fan_out,
 }
-"""Workload builders by key, in report order."""
+"""The six workloads of issue 6 by key, in report order: the default run."""
+
+AGENT_WORKLOADS: dict[str, Callable[[duckdb.DuckDBPyConnection, int], Workload]] = {
+    "W2A": w2a_reflection_agents,
+    "W3A": w3a_voting_agents,
+    "W5A": w5a_analytics_agent,
+    "W6A": w6a_fan_out_agent,
+}
+"""Agent-workflow variants (issue 7): selected with `--agents` or `--workloads W2A,...`."""
+
+ALL_WORKLOADS = {**WORKLOADS, **AGENT_WORKLOADS}
+"""Every workload builder by key: the defaults, then the agent variants."""
 
 
 def build_workload(key: str, con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     """The workload `key` with `n` queries, parameters drawn from the TPC-H data in `con`."""
     try:
-        builder = WORKLOADS[key.upper()]
+        builder = ALL_WORKLOADS[key.upper()]
     except KeyError:
-        raise ValueError(f"unknown workload {key!r} (choose from {', '.join(WORKLOADS)})") from None
+        raise ValueError(
+            f"unknown workload {key!r} (choose from {', '.join(ALL_WORKLOADS)})"
+        ) from None
     if n < 1:
         raise ValueError("a workload needs at least one query")
     return builder(con, n)

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import queue
 import re
 import threading
 import time
@@ -78,20 +79,98 @@ class ExecutionContext:
     """Across the queries of a batch: each distinct sub-plan runs once (keyed by plan value)."""
     tool_cache: Any = None
     """Agent tool calls of this statement (halo_sql.agents.tools.ToolCallCache, made on use)."""
-    _scratch: duckdb.DuckDBPyConnection | None = None
+    prefetch_depth: int = 2
+    """Batches a purely relational input may run ahead of the LLM operator reading it (0: off)."""
+    _scratch: threading.local = field(default_factory=threading.local)
+    _scratches: list[duckdb.DuckDBPyConnection] = field(default_factory=list)
 
     @property
     def scratch(self) -> duckdb.DuckDBPyConnection:
         """A private in-memory DuckDB for batch-local expressions (the main connection may be
-        streaming a result, and DuckDB allows one open result per connection)."""
-        if self._scratch is None:
-            self._scratch = duckdb.connect()
-        return self._scratch
+        streaming a result, and DuckDB allows one open result per connection); one per thread,
+        since a prefetching input evaluates its filters in its own thread."""
+        con = getattr(self._scratch, "con", None)
+        if con is None:
+            con = self._scratch.con = duckdb.connect()
+            self._scratches.append(con)
+        return con
 
     def close(self) -> None:
-        if self._scratch is not None:
-            self._scratch.close()
-            self._scratch = None
+        for con in self._scratches:
+            con.close()
+        self._scratches.clear()
+        self._scratch = threading.local()
+
+
+_RELATIONAL = (po.DuckDBSubplan, po.BatchSQLFilter, po.ProjectOp, po.LimitOp)
+
+
+def _model_input(child: po.PhysicalOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+    """The input of an LLM operator. A purely relational input (DuckDB reading and filtering,
+    no model calls, no sub-plans to materialize) runs ahead in its own thread by at most
+    `prefetch_depth` batches: DuckDB prepares the next batch while the model answers this one,
+    and memory stays bounded by the queue."""
+    if ctx.prefetch_depth > 0 and _purely_relational(child):
+        return _prefetch(stream(child, ctx), ctx.prefetch_depth)
+    return stream(child, ctx)
+
+
+def _purely_relational(op: po.PhysicalOp) -> bool:
+    if not isinstance(op, _RELATIONAL):
+        return False
+    if isinstance(op, po.DuckDBSubplan) and (op.inputs or op.udfs):
+        return False
+    return all(_purely_relational(child) for child in op.children)
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def _prefetch(source: Iterator[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:
+    items: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in source:
+                if not put(batch):
+                    break
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Failure(exc))
+        finally:
+            # Closing runs the source's cleanup (DuckDB reader, registrations) in this thread,
+            # the one that opened them.
+            if hasattr(source, "close"):
+                source.close()
+            put(_END)
+
+    producer = threading.Thread(target=produce, name="halo-prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        producer.join()
 
 
 def execute(op: po.PhysicalOp, ctx: ExecutionContext) -> pa.Table | None:
@@ -177,7 +256,7 @@ def _(op: po.DuckDBSubplan, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
 @stream.register
 def _(op: po.LLMBatchFilter, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
     passed = seen = 0
-    for batch in stream(op.child, ctx):
+    for batch in _model_input(op.child, ctx):
         if batch.num_rows == 0:
             yield batch
             continue
@@ -218,7 +297,7 @@ def _(op: po.LLMBatchMap, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
                 )
                 yield piece.append_column(pa.field(op.output_column, values.type), values)
 
-    for batch in stream(op.child, ctx):
+    for batch in _model_input(op.child, ctx):
         pending.append(batch)
         rows += batch.num_rows
         if rows >= op.batch_rows:
