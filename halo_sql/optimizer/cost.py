@@ -253,6 +253,8 @@ class CostModel:
                 return OpEstimate(rows_out, processed, Cost(processed * ARROW_CELL_S), "memo")
             cost = self.llm_cost(node.call, node.arguments, child, processed)
             return OpEstimate(rows_out, processed, cost)
+        if isinstance(node, lp.AgentCall):
+            return self._agent_estimate(node, processed, rows_out)
         if isinstance(node, lp.SQLFilter):
             batches = max(1.0, math.ceil(processed / 2048))
             seconds = processed * BATCH_FILTER_ROW_S + batches * BATCH_FILTER_CALL_S
@@ -261,6 +263,27 @@ class CostModel:
             # Dropping columns is free (Arrow slices); narrower rows make everything above cheaper.
             return OpEstimate(rows_out, processed, Cost(processed * width * ARROW_CELL_S))
         return OpEstimate(rows_out, processed, ZERO)
+
+    def _agent_estimate(self, node: lp.AgentCall, rows: float, rows_out: float) -> OpEstimate:
+        """Agent runs: `expected_steps` replies per row (the agent's `steps_hint`, else half of
+        `max_steps`), each one request of a batched step. A step's prompt is the instructions,
+        the tool list and the input row, plus one tool observation per earlier step; everything
+        but the newest observation was the previous step's prompt, so it is a cached prefix."""
+        agent = node.agent
+        model = agent.model or ""
+        count = self.stats._counter(model) if model else (lambda text: max(1, len(text) // 4))
+        tools = " ".join(f"{t.name}: {getattr(t, 'description', '')}" for t in node.tools)
+        base = float(count(f"{agent.instructions}\n{tools}")) + 24.0 * len(node.input_columns)
+        steps = agent.expected_steps
+        observation = 64.0
+        prompt = PromptStats(
+            prompt_tokens=base + observation * (steps - 1) / 2,
+            cached_tokens=base * 0.5 + observation * max(0.0, steps - 2) / 2,
+            output_tokens=float(min(agent.max_tokens, 96)),
+        )
+        profile = self.stats.context.profile(model) if model else BackendProfile()
+        cost = request_cost(rows * steps, prompt, profile)
+        return OpEstimate(rows_out, rows, cost, f"agent {agent.name}: ~{steps:g} steps per row")
 
     def llm_cost(
         self, call: LLMCall, args: tuple[str, ...], child: LogicalProps, rows: float
