@@ -39,6 +39,7 @@ from halo_sql.errors import BinderError, NotSupportedError
 from halo_sql.logical.functions import is_llm_call, location_of, struct_items
 from halo_sql.logical.llm_call import sql_type_for
 from halo_sql.logical.plan import AgentCall, NamedInput, PlanNode
+from halo_sql.logical.sqlexpr import conjuncts
 
 if TYPE_CHECKING:
     from halo_sql.logical.builder import BindCatalog, PlanBuilder
@@ -273,7 +274,7 @@ class _AgentBinder:
         aliases = {from_.this.alias_or_name.lower()} | {j.alias_or_name.lower() for j in joins}
         where = select.args.get("where")
         pushed = [
-            c.copy() for c in (_conjuncts(where.this) if where is not None else [])
+            c.copy() for c in (conjuncts(where.this) if where is not None else [])
             if _pushable(c, aliases, allow_unqualified)
         ]
         if pushed:
@@ -456,14 +457,6 @@ def _named_items(query: exp.Select, name: str, call: exp.Expr) -> list[tuple[str
 
 def _same(column: exp.Expr, value: exp.Expr) -> exp.Expr:
     return exp.NullSafeEQ(this=column, expression=value.copy())
-
-
-def _conjuncts(condition: exp.Expr) -> list[exp.Expr]:
-    if isinstance(condition, exp.And):
-        return _conjuncts(condition.this) + _conjuncts(condition.expression)
-    if isinstance(condition, exp.Paren):
-        return _conjuncts(condition.this)
-    return [condition]
 
 
 def _pushable(condition: exp.Expr, aliases: set[str], allow_unqualified: bool) -> bool:

@@ -52,6 +52,7 @@ from halo_sql.logical.plan import (
     SQLFilter,
     StatementPlan,
 )
+from halo_sql.logical.sqlexpr import conjuncts
 
 DIALECT = "duckdb"
 ROW_ALIAS = "__halo_r"
@@ -304,9 +305,9 @@ class PlanBuilder:
             return self._duckdb(select, ctes=ctes)
         _move_inner_join_llm_conditions(select)
         where = select.args.get("where")
-        conjuncts = _conjuncts(where.this) if where is not None else []
-        relational = [c for c in conjuncts if not contains_llm_call(c)]
-        llm_conjuncts = [c for c in conjuncts if contains_llm_call(c)]
+        terms = conjuncts(where.this) if where is not None else []
+        relational = [c for c in terms if not contains_llm_call(c)]
+        llm_conjuncts = [c for c in terms if contains_llm_call(c)]
 
         # One output column per distinct call (same call, same arguments -> computed once), and
         # one argument column per distinct slot expression.
@@ -732,14 +733,6 @@ def _source_columns(source: object, catalog: BindCatalog) -> list[str]:
     return []
 
 
-def _conjuncts(condition: exp.Expr) -> list[exp.Expr]:
-    if isinstance(condition, exp.And):
-        return _conjuncts(condition.this) + _conjuncts(condition.expression)
-    if isinstance(condition, exp.Paren):
-        return _conjuncts(condition.this)
-    return [condition]
-
-
 def _move_inner_join_llm_conditions(select: exp.Select) -> None:
     """For inner joins, `ON llm(...)` filters the joined rows exactly as WHERE does."""
     moved = []
@@ -749,8 +742,8 @@ def _move_inner_join_llm_conditions(select: exp.Select) -> None:
             continue
         if join.side or (join.kind or "").upper() not in ("", "INNER", "CROSS"):
             continue
-        keep = [c for c in _conjuncts(on) if not contains_llm_call(c)]
-        moved += [c for c in _conjuncts(on) if contains_llm_call(c)]
+        keep = [c for c in conjuncts(on) if not contains_llm_call(c)]
+        moved += [c for c in conjuncts(on) if contains_llm_call(c)]
         join.set("on", exp.and_(*keep, copy=False) if keep else exp.true())
     if moved:
         where = select.args.get("where")

@@ -24,6 +24,8 @@ from sqlglot.optimizer.pushdown_predicates import pushdown_predicates
 from sqlglot.optimizer.pushdown_projections import pushdown_projections
 from sqlglot.optimizer.qualify import qualify
 
+from halo_sql.logical.sqlexpr import conjuncts
+
 DIALECT = "duckdb"
 
 # Functions whose value differs between calls: a predicate using one must be evaluated exactly
@@ -118,7 +120,7 @@ def predicate_columns(predicate: str) -> set[str] | None:
     return {c.name for c in where.find_all(exp.Column)} if where is not None else set()
 
 
-def is_movable_predicate(node: exp.Expression) -> bool:
+def is_movable_predicate(node: exp.Expr) -> bool:
     """True when a predicate may be evaluated anywhere its columns exist: no subquery, aggregate,
     window, volatile or unregistered (LLM) function, no parameter."""
     for n in node.walk():
@@ -269,7 +271,7 @@ def _predicates_on(tree: exp.Expression, name: str) -> list[str]:
     if where is None:
         return []
     out = []
-    for conjunct in _conjuncts(where.this):
+    for conjunct in conjuncts(where.this):
         columns = list(conjunct.find_all(exp.Column))
         if not columns or any(c.table != alias for c in columns):
             continue
@@ -365,14 +367,6 @@ def _columns_read(tree: exp.Expression, name: str) -> set[str] | None:
             if node.table == alias:
                 out.add(node.name)
     return out
-
-
-def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
-    if isinstance(condition, exp.And):
-        return _conjuncts(condition.this) + _conjuncts(condition.expression)
-    if isinstance(condition, exp.Paren):
-        return _conjuncts(condition.this)
-    return [condition]
 
 
 def aggregate_probe(sql: str, function: str) -> str | None:
