@@ -147,6 +147,17 @@ _W2_ROLE = (
 )
 
 
+def _w2_questions(custkey: int) -> str:
+    """The opening CTE W2 and W2A share: three delivery questions about one customer's orders."""
+    return f"""WITH questions AS (
+    SELECT o_orderkey,
+           'Will order ' || o_orderkey || ' (priority ' || o_orderpriority || ', status '
+               || o_orderstatus || ') be delivered on time? Clerk note: ' || o_comment AS question
+    FROM orders WHERE o_custkey = {custkey}
+    ORDER BY o_orderkey LIMIT 3
+), """
+
+
 def w2_adversarial(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     answer = sql_string(_W2_ROLE + "Answer the question in one sentence. Question: {questions.question}")
     critique = sql_string(
@@ -160,13 +171,7 @@ def w2_adversarial(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     )
     queries = []
     for custkey in _customers(con, n, salt=2):
-        queries.append(f"""WITH questions AS (
-    SELECT o_orderkey,
-           'Will order ' || o_orderkey || ' (priority ' || o_orderpriority || ', status '
-               || o_orderstatus || ') be delivered on time? Clerk note: ' || o_comment AS question
-    FROM orders WHERE o_custkey = {custkey}
-    ORDER BY o_orderkey LIMIT 3
-), answered AS (
+        queries.append(_w2_questions(custkey) + f"""answered AS (
     SELECT o_orderkey, question, LLM({answer}, max_tokens => 24) AS answer FROM questions
 ), critiqued AS (
     SELECT o_orderkey, question, answer,
@@ -404,13 +409,7 @@ def w2a_reflection_agents(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     )
     queries = []
     for custkey in _customers(con, n, salt=2):
-        queries.append(f"""WITH questions AS (
-    SELECT o_orderkey,
-           'Will order ' || o_orderkey || ' (priority ' || o_orderpriority || ', status '
-               || o_orderstatus || ') be delivered on time? Clerk note: ' || o_comment AS question
-    FROM orders WHERE o_custkey = {custkey}
-    ORDER BY o_orderkey LIMIT 3
-), answered AS (
+        queries.append(_w2_questions(custkey) + """answered AS (
     SELECT o_orderkey, question, answer AS draft
     FROM AGENT('w2a_analyst', input => (SELECT * FROM questions))
 ), critiqued AS (

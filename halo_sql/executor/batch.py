@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from halo_sql.errors import ModelError, QueryCancelled
+from halo_sql.errors import QueryCancelled
 from halo_sql.executor.runtime import LLMRuntime, StatementStats, request_key
 from halo_sql.llm.base import LLMRequest, LLMResponse
 
@@ -52,7 +52,10 @@ class BatchingRuntime(LLMRuntime):
 
     def __init__(self, base: LLMRuntime, *, flush_after: float = 0.02, max_flush: int = 4096) -> None:
         super().__init__(base.backend, max_batch=base.max_batch, sizer_for=base.sizer)
-        self._base = base
+        # The base runtime's per-model locks: a batch and a plain statement of the same session
+        # never call one engine at the same time.
+        self._locks = base._locks
+        self._locks_guard = base._locks_guard
         self.flush_after = flush_after
         """Seconds a waiting query gives others to reach their LLM step before it sends anyway."""
         self.max_flush = max_flush
@@ -167,16 +170,7 @@ class BatchingRuntime(LLMRuntime):
             self._cond.notify_all()
 
     def _send(self, model: str, requests: list[LLMRequest]) -> list[LLMResponse]:
-        backend = self.backend(model)
-        with self._base._lock_for(model):
-            began = time.perf_counter()
-            try:
-                responses = backend.generate(requests)
-                self.sizer(model).observe(len(requests), time.perf_counter() - began)
-            except ModelError:
-                raise
-            except Exception as exc:
-                raise ModelError(f"model {model!r} failed on a batch of {len(requests)}: {exc}") from exc
+        responses, _ = self.call_backend(model, requests)
         self.counters.backend_calls += 1
         self.counters.requests_sent += len(requests)
         return responses

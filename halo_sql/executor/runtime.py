@@ -210,21 +210,10 @@ class LLMRuntime:
                 fresh[key] = request
         # Prompt order puts prompts sharing a prefix next to each other (a DFS of their trie).
         ordered = sorted(fresh.items(), key=lambda item: item[1].prompt)
-        backend = self._backend_for(model)
-        lock = self._lock_for(model)
         for chunk in self.chunks(model, ordered):
             if stats.cancel.is_set():
                 raise QueryCancelled("statement cancelled; answers received so far are kept")
-            began = time.perf_counter()
-            with lock:
-                try:
-                    responses = backend.generate([r for _, r in chunk])
-                except ModelError:
-                    raise
-                except Exception as exc:  # a backend failure must name the model, not crash deep
-                    raise ModelError(f"model {model!r} failed on a batch of {len(chunk)}: {exc}") from exc
-            elapsed = time.perf_counter() - began
-            self.sizer(model).observe(len(chunk), elapsed)
+            responses, elapsed = self.call_backend(model, [r for _, r in chunk])
             stats.llm_seconds += elapsed
             stats.backend_calls += 1
             for (key, _), response in zip(chunk, responses, strict=True):
@@ -240,11 +229,35 @@ class LLMRuntime:
                 stats.progress(stats)
         return [answers[key] for key in keys]
 
+    def call_backend(
+        self, model: str, requests: list[LLMRequest]
+    ) -> tuple[list[LLMResponse], float]:
+        """One backend call, serialized per model: its answers and its seconds. The call's
+        throughput feeds the model's batch sizer; a failure names the model."""
+        backend = self._backend_for(model)
+        with self._lock_for(model):
+            began = time.perf_counter()
+            try:
+                responses = backend.generate(requests)
+            except ModelError:
+                raise
+            except Exception as exc:  # a backend failure must name the model, not crash deep
+                raise ModelError(
+                    f"model {model!r} failed on a batch of {len(requests)}: {exc}"
+                ) from exc
+            elapsed = time.perf_counter() - began
+        self.sizer(model).observe(len(requests), elapsed)
+        return responses, elapsed
+
     def sizer(self, model: str) -> BatchSizer:
-        with self._locks_guard:
-            if model not in self._sizers:
-                self._sizers[model] = self._sizer_for(model)
-            return self._sizers[model]
+        sizer = self._sizers.get(model)
+        if sizer is None:
+            # Built outside the lock: the factory may be another runtime's `sizer` (a batch
+            # shares its session's sizers), which takes a lock of its own.
+            built = self._sizer_for(model)
+            with self._locks_guard:
+                sizer = self._sizers.setdefault(model, built)
+        return sizer
 
     def chunks(self, model: str, items: list[T]) -> Iterator[list[T]]:
         """`items` (pairs whose second element is an LLMRequest) cut into backend calls whose
