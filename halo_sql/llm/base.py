@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 from collections.abc import Sequence
@@ -93,14 +94,28 @@ class LLMResponse:
 
 @runtime_checkable
 class Backend(Protocol):
-    """A model instance that answers batches. Implementations must be safe to call from one
-    thread at a time; the runtime serializes calls per backend."""
+    """A model instance behind an engine driver.
+
+    `agenerate` is the driver interface the runtime uses: one request in, its answer out, called
+    on the halo loop (`halo_sql.llm.aio`) as soon as the request is ready, with as many requests
+    in flight as the runtime likes; the engine behind it (vLLM's continuous batching, an HTTP
+    server, a pool of replicas) decides how to batch them. `generate` is the synchronous
+    convenience for whole lists (tests, calibration, DuckDB functions); `AsyncBackend` derives it
+    from `agenerate`.
+    """
 
     name: str
     """What EXPLAIN and stats call this backend instance, e.g. 'vllm:/models/tiny'."""
 
+    async def agenerate(self, request: LLMRequest, *, priority: int = 0) -> LLMResponse:
+        """Answer one request. A request the engine rejects (prompt too long, a schema it cannot
+        compile) returns a response with `error` set; a broken engine raises ModelError.
+        `priority`: lower runs earlier where the engine supports priorities (vLLM's priority
+        scheduling), ignored elsewhere."""
+        ...
+
     def generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
-        """Answer all requests, in order. One call should be one batch on the model."""
+        """Answer all requests, in order (blocking; never call it on the halo loop)."""
         ...
 
     def count_tokens(self, text: str) -> int:
@@ -115,3 +130,47 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the model (memory, processes)."""
         ...
+
+
+@dataclass
+class EngineCounters:
+    """What an engine did, cumulatively: how full its batches were.
+
+    `steps` counts engine steps (one forward pass of the running batch); `running_sum` adds up
+    the sequences running in each step, so `running_sum / steps` is the average batch the engine
+    ran. Take differences of two readings to measure one run.
+    """
+
+    steps: int = 0
+    running_sum: int = 0
+    requests: int = 0
+
+    @property
+    def sequences_per_step(self) -> float:
+        return self.running_sum / self.steps if self.steps else 0.0
+
+    def minus(self, earlier: EngineCounters) -> EngineCounters:
+        return EngineCounters(
+            self.steps - earlier.steps,
+            self.running_sum - earlier.running_sum,
+            self.requests - earlier.requests,
+        )
+
+
+class AsyncBackend:
+    """Base for backends whose native interface is `agenerate`: `generate` runs the requests
+    concurrently on the halo loop and waits (a request that raises becomes an error response
+    only if the backend itself turned it into one; a raised ModelError propagates)."""
+
+    name: str = "backend"
+
+    async def agenerate(self, request: LLMRequest, *, priority: int = 0) -> LLMResponse:
+        raise NotImplementedError
+
+    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
+        from halo_sql.llm import aio
+
+        async def all_of() -> list[LLMResponse]:
+            return list(await asyncio.gather(*(self.agenerate(r) for r in requests)))
+
+        return aio.run(all_of()) if requests else []

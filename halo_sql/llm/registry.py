@@ -81,6 +81,7 @@ def _start(spec: ModelSpec) -> Backend:
 
         allowed = {
             "block_size", "cache_capacity_tokens", "context_window", "seed", "latency_per_request",
+            "step_seconds", "max_num_seqs",
         }
         _check_options(spec, options, allowed)
         return SimBackend(spec.model, **options)

@@ -13,7 +13,9 @@ block-granular prefix cache, so the statistics behave like vLLM's.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import heapq
 import json
 import random
 import threading
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from halo_sql.llm.base import LLMRequest, LLMResponse, OutputKind, OutputSpec
+from halo_sql.llm.base import EngineCounters, LLMRequest, LLMResponse, OutputKind, OutputSpec
 from halo_sql.llm.prefix_cache import PrefixCache
 from halo_sql.llm.tokenizer import load_tokenizer
 
@@ -43,6 +45,8 @@ class SimBackend:
         context_window: int = 4096,
         seed: int = 0,
         latency_per_request: float = 0.0,
+        step_seconds: float = 0.0,
+        max_num_seqs: int = 256,
     ) -> None:
         self.model = model
         self.name = f"sim:{Path(model).name}" if model else "sim"
@@ -52,6 +56,12 @@ class SimBackend:
         self._seed = seed
         self._latency = latency_per_request
         """Seconds `generate` sleeps per request: makes statements slow on purpose (Ctrl-C tests)."""
+        self.step_seconds = step_seconds
+        """`agenerate` only: > 0 simulates a continuous-batching engine whose every step takes this
+        long (see `_SimEngine`); 0 answers at once."""
+        self.max_num_seqs = max_num_seqs
+        self._engine: _SimEngine | None = None
+        self.counters = EngineCounters()
         self._lock = threading.Lock()
         self.calls = 0
         """How many batches `generate` was given (tests count backend calls with it)."""
@@ -69,6 +79,26 @@ class SimBackend:
             if self._latency > 0:
                 time.sleep(self._latency * len(requests))
             return [self._answer(request) for request in requests]
+
+    async def agenerate(self, request: LLMRequest, *, priority: int = 0) -> LLMResponse:
+        """The driver interface. Without `step_seconds` the answer comes at once; with it, the
+        request joins a simulated continuous batch and finishes after one prefill step plus one
+        step per output token, so requests submitted early or with short answers finish first,
+        as on a real engine. Deterministic: the same submissions give the same step order."""
+        with self._lock:
+            self.calls += 1
+            self.counters.requests += 1
+            response = self._answer(request)
+        if self.step_seconds <= 0:
+            await asyncio.sleep(0)  # let other coroutines run, as a real driver's await would
+            return response
+        if self._engine is None or self._engine.loop is not asyncio.get_running_loop():
+            self._engine = _SimEngine(self)
+        return await self._engine.run(response, priority)
+
+    def engine_counters(self) -> EngineCounters:
+        """Cumulative steps and running sequences of the simulated engine (agenerate only)."""
+        return EngineCounters(self.counters.steps, self.counters.running_sum, self.counters.requests)
 
     def reset_cache(self) -> None:
         """Forget every cached prefix, as a freshly started engine would."""
@@ -133,6 +163,53 @@ class SimBackend:
         count = rng.randint(3, max(3, min(max_tokens, 16)))
         words = [rng.choice(_WORDS) for _ in range(count)]
         return " ".join(words).capitalize() + "."
+
+
+class _SimEngine:
+    """A continuous-batching engine in miniature: a step loop over the running requests.
+
+    Each step takes `step_seconds`; it admits waiting requests (lowest priority value first, then
+    arrival order) up to `max_num_seqs`, and every running request advances by one token: a
+    request needs one step for its prefill and one per output token. The loop sleeps when
+    nothing runs, like vLLM's engine core.
+    """
+
+    def __init__(self, backend: SimBackend) -> None:
+        self.backend = backend
+        self.loop = asyncio.get_running_loop()
+        self._waiting: list[tuple[int, int, list[int], asyncio.Future[None]]] = []
+        self._running: list[tuple[list[int], asyncio.Future[None]]] = []
+        self._arrivals = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self, response: LLMResponse, priority: int) -> LLMResponse:
+        done: asyncio.Future[None] = self.loop.create_future()
+        steps_left = [1 + max(0, response.output_tokens)]
+        self._arrivals += 1
+        heapq.heappush(self._waiting, (priority, self._arrivals, steps_left, done))
+        if self._task is None or self._task.done():
+            self._task = self.loop.create_task(self._steps())
+        await done
+        return response
+
+    async def _steps(self) -> None:
+        backend = self.backend
+        while self._waiting or self._running:
+            while self._waiting and len(self._running) < backend.max_num_seqs:
+                _, _, left, done = heapq.heappop(self._waiting)
+                self._running.append((left, done))
+            await asyncio.sleep(backend.step_seconds)
+            backend.counters.steps += 1
+            backend.counters.running_sum += len(self._running)
+            still = []
+            for left, done in self._running:
+                left[0] -= 1
+                if left[0] <= 0:
+                    if not done.done():
+                        done.set_result(None)
+                else:
+                    still.append((left, done))
+            self._running = still
 
 
 def _value_for_schema(schema: dict[str, Any], rng: random.Random) -> Any:
