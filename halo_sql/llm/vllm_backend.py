@@ -1,8 +1,11 @@
-"""The vLLM backend: one in-process `vllm.LLM` engine, one `generate` call per batch.
+"""The vLLM engine driver: one in-process `AsyncLLM` (continuous batching) per model.
 
-Prefix caching is always on, answers of BOOLEAN/CHOICE/JSON requests are constrained by vLLM's
-structured outputs, and every response carries the engine's own token counts (prompt, cached
-prompt, output). Version-specific vLLM calls live in `vllm_compat`.
+Requests are handed to the engine the moment the runtime has them (`agenerate`), and answered as
+they finish; vLLM's scheduler keeps its batch full up to the KV cache. Prefix caching is always
+on, priority scheduling is on (the runtime gives later workflow steps precedence, so rows close
+to finishing free their KV cache first), answers of BOOLEAN/CHOICE/JSON requests are constrained
+by vLLM's structured outputs, and every response carries the engine's own token counts (prompt,
+cached prompt, output). Version-specific vLLM calls live in `vllm_compat`.
 
     >>> backend = VLLMBackend("/tmp/tiny")                        # doctest: +SKIP
     >>> [r.text for r in backend.generate([LLMRequest("Late?", OutputSpec.boolean())])]  # doctest: +SKIP
@@ -15,21 +18,24 @@ worker processes with the `spawn` method, which re-imports the main module.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from halo_sql.errors import InterfaceError, ModelError
+from halo_sql.llm import aio
 from halo_sql.llm import vllm_compat as compat
-from halo_sql.llm.base import LLMRequest, LLMResponse, OutputKind
+from halo_sql.llm.base import AsyncBackend, EngineCounters, LLMRequest, LLMResponse, OutputKind
 
 _log = logging.getLogger(__name__)
+_request_ids = itertools.count()
 
 
-class VLLMBackend:
+class VLLMBackend(AsyncBackend):
     """A Backend running `model` (a local directory or a Hugging Face id) with vLLM in-process.
 
     `block_size` is the KV-cache page in tokens and so the granularity of prefix-cache hits: only
@@ -40,8 +46,8 @@ class VLLMBackend:
     `kv_cache_gib` sizes the KV cache; on CPU it defaults to 2 GiB (vLLM would otherwise reserve
     most of the RAM). `enforce_eager` defaults to True on CPU, where it starts faster, and to
     vLLM's default elsewhere. `chat_template=True` wraps every prompt as one user turn of the
-    model's chat template (for instruction-tuned models). Other keyword arguments go to
-    `vllm.LLM` unchanged, except that prefix caching cannot be turned off.
+    model's chat template (for instruction-tuned models). Other keyword arguments go to vLLM's
+    engine arguments unchanged, except that prefix caching cannot be turned off.
 
     Raises ModelError when vLLM is not installed or the model cannot be loaded.
     """
@@ -63,6 +69,8 @@ class VLLMBackend:
         self.model = model
         self.name = f"vllm:{model}"
         self.chat_template = chat_template
+        self.counters = EngineCounters()
+        self._engine: Any = None
         compat.import_vllm()
         _check_local_model(model)
         kwargs = compat.engine_kwargs(
@@ -76,47 +84,64 @@ class VLLMBackend:
             max_num_seqs=max_num_seqs,
             extra=engine_kwargs,
         )
-        from vllm import LLM
-
         try:
-            self._llm: Any = LLM(**kwargs)
+            self._engine = compat.start_async_engine(kwargs, self.counters)
         except Exception as exc:
             _log.debug("vLLM failed to load %s", model, exc_info=exc)
             # vLLM's own traceback runs to dozens of lines, most of them inside vLLM; the short
             # cause is what a user can act on (the full one is logged at DEBUG).
             raise ModelError(f"could not load model {model!r}: {_short_cause(exc)}") from None
-        self._tokenizer = self._llm.get_tokenizer()
-        self._max_model_len = compat.max_model_len(self._llm)
+        self._tokenizer = self._engine.get_tokenizer()
+        self._max_model_len = compat.max_model_len(self._engine)
         self._label_budget: dict[tuple[str, ...], int] = {}
         if chat_template and not getattr(self._tokenizer, "chat_template", None):
             self.close()
             raise ModelError(f"model {model!r} has no chat template; use chat_template=False")
 
-    # -- the Backend protocol ----------------------------------------------------------------
+    # -- the engine-driver interface ---------------------------------------------------------
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMResponse]:
-        """Answer all requests in one `LLM.generate` batch, in order.
+    async def agenerate(self, request: LLMRequest, *, priority: int = 0) -> LLMResponse:
+        """Submit one request to the running engine and return its answer when it finishes.
 
         A request the engine rejects (empty prompt, prompt longer than the context window, a
-        JSON schema it cannot compile) gets a response with `error` set; the others are answered.
+        JSON schema it cannot compile) gets a response with `error` set; a broken engine raises
+        ModelError. Cancelling the awaiting task aborts the request in the engine.
         """
-        llm = self._engine()
-        responses: list[LLMResponse | None] = [None] * len(requests)
-        batch: list[int] = []
-        prompts: list[Any] = []
-        params: list[Any] = []
-        for i, request in enumerate(requests):
-            ids = self._prompt_ids(request.prompt)
-            problem = self._prompt_problem(ids)
-            if problem is not None:
-                responses[i] = _error_response(problem, prompt_tokens=len(ids))
-                continue
-            batch.append(i)
-            prompts.append(compat.tokens_prompt(ids, request.prompt))
-            params.append(compat.sampling_params(request, max_tokens=self._max_tokens(request)))
-        for i, answer in zip(batch, self._run(llm, prompts, params), strict=True):
-            responses[i] = answer
-        return [r for r in responses if r is not None]
+        engine = self._live()
+        ids = self._prompt_ids(request.prompt)
+        problem = self._prompt_problem(ids)
+        if problem is not None:
+            return _error_response(problem, prompt_tokens=len(ids))
+        params = compat.sampling_params(request, max_tokens=self._max_tokens(request))
+        prompt = compat.tokens_prompt(ids, request.prompt)
+        final = None
+        self.counters.requests += 1
+        try:
+            async for output in engine.generate(
+                prompt, params, f"halo-{next(_request_ids)}", priority=priority
+            ):
+                final = output
+        except compat.request_error_types() as exc:
+            return _error_response(_short_cause(exc), prompt_tokens=len(ids))
+        except (asyncio.CancelledError, ModelError):
+            raise
+        except Exception as exc:
+            _log.debug("vLLM generate failed on %s", self.model, exc_info=exc)
+            raise ModelError(f"model {self.model!r} failed: {_short_cause(exc)}") from None
+        if final is None:
+            raise ModelError(f"model {self.model!r} returned no output for a request")
+        return _response(compat.read_output(final))
+
+    @property
+    def async_engine(self) -> Any:
+        """The `vllm.v1.engine.async_llm.AsyncLLM` behind this driver (benchmark baselines run
+        their own programs on the very same engine). Use it on the halo loop only."""
+        return self._live()
+
+    def engine_counters(self) -> EngineCounters:
+        """Cumulative engine steps and running sequences (see EngineCounters)."""
+        c = self.counters
+        return EngineCounters(c.steps, c.running_sum, c.requests)
 
     def count_tokens(self, text: str) -> int:
         """Length of `text` in the model's tokens, as the engine tokenizes a prompt.
@@ -133,15 +158,16 @@ class VLLMBackend:
     def reset_cache(self) -> None:
         """Forget every cached prefix, as a freshly started engine would (benchmarks start each
         system cold with it). Same name as the sim backend's."""
-        compat.reset_prefix_cache(self._engine())
+        engine = self._live()
+        aio.run(compat.reset_prefix_cache_async(engine))
 
     def close(self) -> None:
         """Stop the engine and its worker processes; calling it twice is harmless."""
-        llm = getattr(self, "_llm", None)
-        if llm is None:
+        engine = getattr(self, "_engine", None)
+        if engine is None:
             return
-        self._llm = None
-        compat.shutdown(llm)
+        self._engine = None
+        compat.shutdown(engine)
 
     def __enter__(self) -> VLLMBackend:
         return self
@@ -150,19 +176,19 @@ class VLLMBackend:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if getattr(self, "_llm", None) is None else "open"
+        state = "closed" if getattr(self, "_engine", None) is None else "open"
         return f"VLLMBackend({self.model!r}, {state})"
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _engine(self) -> Any:
-        if self._llm is None:
+    def _live(self) -> Any:
+        if self._engine is None:
             raise InterfaceError(f"backend {self.name} is closed")
-        return self._llm
+        return self._engine
 
     def _prompt_ids(self, prompt: str) -> list[int]:
         # Tokenizing here rather than in vLLM costs nothing extra (vLLM would tokenize in this
-        # process too) and gives us the length to check before the batch is sent.
+        # process too) and gives us the length to check before the request is sent.
         return prompt_token_ids(self._tokenizer, prompt, chat_template=self.chat_template)
 
     def _prompt_problem(self, ids: list[int]) -> str | None:
@@ -189,26 +215,6 @@ class VLLMBackend:
                 self._label_budget[labels] = longest + 1
             budget = max(budget, self._label_budget[labels])
         return budget
-
-    def _run(self, llm: Any, prompts: list[Any], params: list[Any]) -> list[LLMResponse]:
-        if not prompts:
-            return []
-        try:
-            outputs = llm.generate(prompts, params, use_tqdm=False)
-        except compat.request_error_types() as exc:
-            if len(prompts) == 1:
-                return [_error_response(_short_cause(exc), prompt_tokens=_n_ids(prompts[0]))]
-            # vLLM rejects the whole batch for one bad request (and aborts the rest); answer the
-            # requests one by one so the bad one gets the error and the others their answers.
-            return [
-                answer
-                for prompt, param in zip(prompts, params, strict=True)
-                for answer in self._run(llm, [prompt], [param])
-            ]
-        except Exception as exc:
-            _log.debug("vLLM generate failed on %s", self.model, exc_info=exc)
-            raise ModelError(f"model {self.model!r} failed: {_short_cause(exc)}") from None
-        return [_response(compat.read_output(output)) for output in outputs]
 
 
 def prompt_token_ids(tokenizer: Any, prompt: str, *, chat_template: bool = False) -> list[int]:
@@ -277,10 +283,6 @@ def _short_cause(exc: BaseException) -> str:
         return "the engine process failed to start; the log above names the cause"
     first = lines[0] if lines else type(exc).__name__
     return first if len(first) <= 300 else first[:297] + "..."
-
-
-def _n_ids(prompt: Any) -> int:
-    return len(prompt.get("prompt_token_ids", ())) if isinstance(prompt, dict) else 0
 
 
 def _error_response(message: str, *, prompt_tokens: int) -> LLMResponse:

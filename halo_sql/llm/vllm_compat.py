@@ -26,7 +26,7 @@ from halo_sql.errors import ModelError
 from halo_sql.llm.base import LLMRequest, OutputKind
 
 if TYPE_CHECKING:
-    from vllm import LLM, RequestOutput, SamplingParams
+    from vllm import RequestOutput, SamplingParams
 
 TESTED_VLLM_VERSION = "0.32"
 """The vLLM minor version this seam was written and tested against."""
@@ -189,23 +189,66 @@ def request_error_types() -> tuple[type[BaseException], ...]:
     return (VLLMClientError,)
 
 
-def max_model_len(llm: LLM) -> int:
-    """The context window the engine runs with (prompt plus output tokens)."""
-    return int(llm.llm_engine.model_config.max_model_len)
+def start_async_engine(kwargs: dict[str, Any], counters: Any) -> Any:
+    """Start an `AsyncLLM` (vLLM v1's continuous-batching engine) with `kwargs` (from
+    `engine_kwargs`), priority scheduling on, and a stat logger that adds every engine step's
+    running sequences to `counters` (an EngineCounters).
 
-
-def shutdown(llm: LLM) -> None:
-    """Stop the engine's processes now instead of at interpreter exit.
-
-    0.32 has no `LLM.shutdown()`; the engine-core client owns the worker processes.
+    `vllm.LLM` takes `structured_outputs_config` as a dict; the engine arguments want the config
+    object. The default stat loggers stay off (they print throughput lines every few seconds).
     """
-    engine = getattr(llm, "llm_engine", None)
-    core = getattr(engine, "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
+    import_vllm()
+    from vllm.config import StructuredOutputsConfig
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    kwargs = dict(kwargs)
+    structured = kwargs.get("structured_outputs_config")
+    if isinstance(structured, dict):
+        kwargs["structured_outputs_config"] = StructuredOutputsConfig(**structured)
+    kwargs.setdefault("scheduling_policy", "priority")
+    kwargs["disable_log_stats"] = True
+    args = AsyncEngineArgs(**kwargs)
+    return AsyncLLM.from_engine_args(args, stat_loggers=[_counting_logger(counters)])
+
+
+def _counting_logger(counters: Any) -> Any:
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class CountingStatLogger(StatLoggerBase):
+        """Engine utilization: each engine step reports how many sequences it ran."""
+
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(
+            self,
+            scheduler_stats: Any,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
+            if scheduler_stats is not None and scheduler_stats.num_running_reqs:
+                counters.steps += 1
+                counters.running_sum += scheduler_stats.num_running_reqs
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return CountingStatLogger
+
+
+def max_model_len(engine: Any) -> int:
+    """The context window the engine runs with (prompt plus output tokens)."""
+    return int(engine.model_config.max_model_len)
+
+
+def shutdown(engine: Any) -> None:
+    """Stop the engine's processes now instead of at interpreter exit."""
+    engine.shutdown()
     gc.collect()
 
 
-def reset_prefix_cache(llm: Any) -> None:
-    """Drop the engine's prefix cache (vLLM 0.32: `LLM.reset_prefix_cache()`)."""
-    llm.reset_prefix_cache()
+async def reset_prefix_cache_async(engine: Any) -> None:
+    """Drop the engine's prefix cache (AsyncLLM.reset_prefix_cache in 0.32)."""
+    await engine.reset_prefix_cache()
