@@ -7,6 +7,8 @@ rewrite it, chooses physical operators and runs them, recording what the stateme
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -15,7 +17,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -30,14 +31,17 @@ from halo_sql.errors import (
     BinderError,
     HaloError,
     InternalError,
+    ModelError,
     ParseError,
     ProgrammingError,
+    QueryCancelled,
     SourceLocation,
 )
-from halo_sql.executor.batch import BatchingRuntime
+from halo_sql.executor.batch import BatchProgress, BatchResult, BatchRun, Result, run_batch
 from halo_sql.executor.duckdb_bridge import duckdb_error
-from halo_sql.executor.engine import ExecutionContext, SubplanCache, execute
-from halo_sql.executor.runtime import BatchSizer, LLMRuntime, ResponseMemo, StatementStats
+from halo_sql.executor.engine import ConnectionSource, ExecutionContext, SubplanCache, execute
+from halo_sql.executor.runtime import LLMRuntime, ResponseMemo, StatementStats
+from halo_sql.llm import aio
 from halo_sql.llm.base import Backend
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
@@ -69,26 +73,6 @@ _LLM_NAME = re.compile(
 _MODELS_TABLE = "halo_catalog.models"
 
 
-@dataclass
-class Result:
-    """The outcome of one statement."""
-
-    table: pa.Table | None
-    """The result set; None for statements that return none."""
-    stats: StatementStats = field(default_factory=StatementStats)
-    statement: str = ""
-    error: HaloError | None = None
-    """In a batch: why this query failed (the other queries still ran)."""
-
-    @property
-    def rowcount(self) -> int:
-        if self.table is None:
-            return -1
-        if self.table.column_names == ["Count"] and self.table.num_rows == 1:
-            return int(self.table.column(0)[0].as_py())
-        return self.table.num_rows
-
-
 class Session:
     """A connection to a DuckDB database with LLM functions and models."""
 
@@ -116,11 +100,18 @@ class Session:
         function; equivalence tests compare both)."""
         self.optimizer_settings = OptimizerSettings()
         """SET disable_rules / enable_rules / optimizer_sample_rows (halo_sql.optimizer.settings)."""
-        self.runtime = LLMRuntime(self.backend, sizer_for=self._batch_sizer)
+        self.runtime = LLMRuntime(self.backend)
+        self.on_llm_failure = "raise"
+        """What a request the model could not answer does to its statement: 'raise' (the
+        statement fails, naming how many failed and the first cause; answers received stay in
+        the response cache) or 'null' (its value is NULL, counted in `failed_requests`).
+        `SET llm_failures = 'null'` / `'raise'`."""
         self.last_stats = StatementStats()
         self.last_plan: StatementPlan | None = None
         self._current: StatementStats | None = None
-        self._batch_stats: list[StatementStats] = []
+        self._running: set[concurrent.futures.Future[Any]] = set()
+        self._batches: set[BatchRun] = set()
+        self._online: ConnectionSource | None = None
         self.registrations: dict[str, Any] = {}
         self.memo_capacity = 50_000
         """Distinct answers a statement remembers for deduplication (bounds its memory)."""
@@ -145,14 +136,6 @@ class Session:
         elif len(self.models) == 1:
             # A database that stores exactly one model: that model is the obvious default.
             self.default_model = next(iter(self.models))
-
-    def _batch_sizer(self, model: str) -> BatchSizer:
-        """Adaptive batching starts from the model's profile (its KV-cache capacity)."""
-        from halo_sql.optimizer.profile import find_profile
-
-        spec = self.models.get(model)
-        profile = find_profile(spec.backend, spec.model) if spec else None
-        return BatchSizer(kv_cache_tokens=profile.kv_cache_tokens) if profile else BatchSizer()
 
     def backend(self, model: str) -> Backend:
         """The running backend for a model name (started on first use, shared in the process)."""
@@ -234,8 +217,10 @@ class Session:
         current = self._current
         if current is not None:
             current.cancel.set()
-        for stats in list(self._batch_stats):
-            stats.cancel.set()
+        for future in list(self._running):
+            future.cancel()
+        for batch in list(self._batches):
+            batch.cancel()
         with contextlib.suppress(duckdb.Error):
             self.connection.interrupt()
 
@@ -257,7 +242,10 @@ class Session:
         began = time.perf_counter()
         table: pa.Table | None = None
         try:
-            if is_optimizer_setting(statement.text):  # SET disable_rules = '...' (optimizer)
+            failures = _LLM_FAILURES.match(statement.text)
+            if failures:  # SET llm_failures = 'raise' | 'null'
+                self.on_llm_failure = _llm_failure_mode(failures.group(1))
+            elif is_optimizer_setting(statement.text):  # SET disable_rules = '...' (optimizer)
                 changed = apply_setting(self.optimizer_settings, statement.text)
                 self.optimizer_settings = changed or self.optimizer_settings
             elif is_own_statement(statement.text):
@@ -265,7 +253,9 @@ class Session:
                 table = self._run_own(own)
             else:
                 is_explain, analyze, fmt, inner = split_explain(statement.text)
+                planning = time.perf_counter()
                 plan = self._plan(statement, inner, params)
+                stats.planning_seconds = time.perf_counter() - planning
                 self.last_plan = plan
                 if is_explain and not analyze:
                     table = _plan_table(plan, fmt, settings=self.settings)
@@ -326,25 +316,52 @@ class Session:
         settings = for_batch(self.optimizer_settings) if batch else self.optimizer_settings
         return optimize(plan, SessionContext(self, self._current), settings)
 
-    def _run_plan(
+    def _run_plan(self, plan: StatementPlan, stats: StatementStats, params: Params) -> pa.Table | None:
+        """Run one statement's plan on this session's own connection (waits; Ctrl-C or
+        `cancel()` from another thread stops it and its model requests)."""
+        root = plan.root
+        if isinstance(root, DuckDBQuery) and not root.inputs and not root.udfs:
+            return self._run_plain(root.sql, params)
+        source = ConnectionSource.exclusive(self.connection)
+        future = aio.spawn(self.arun_plan(plan, stats, params, source, None))
+        self._running.add(future)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise QueryCancelled("statement cancelled; answers received so far are kept") from None
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            self._running.discard(future)
+
+    async def arun_plan(
         self,
         plan: StatementPlan,
         stats: StatementStats,
         params: Params,
-        *,
-        connection: duckdb.DuckDBPyConnection | None = None,
-        runtime: LLMRuntime | None = None,
-        shared: SubplanCache | None = None,
+        connections: ConnectionSource,
+        shared: SubplanCache | None,
     ) -> pa.Table | None:
+        """Run a plan on the halo loop (the executor's entry point for one query)."""
         root = plan.root
-        con = connection or self.connection
-        ctx = ExecutionContext(con, runtime or self.runtime, stats, shared=shared)
+        if isinstance(root, DuckDBQuery) and not root.inputs and not root.udfs:
+            async with connections.acquire() as con:
+                return await asyncio.get_running_loop().run_in_executor(
+                    None, self._run_plain, root.sql, params, con
+                )
+        ctx = ExecutionContext(connections, self.runtime, stats, shared=shared)
         try:
-            if isinstance(root, DuckDBQuery) and not root.inputs and not root.udfs:
-                return self._run_plain(root.sql, params, con)
-            return execute(physical_plan(root, self.settings), ctx)
+            table = await execute(physical_plan(root, self.settings), ctx)
         finally:
             ctx.close()
+        if stats.null_failures and self.on_llm_failure == "raise":
+            raise ModelError(
+                f"{stats.null_failures} LLM request(s) failed; first: {stats.first_failure} "
+                "(answers received are kept; SET llm_failures = 'null' turns failures into "
+                "NULL values instead)"
+            )
+        return table
 
     def _run_plain(
         self, sql: str, params: Params, connection: duckdb.DuckDBPyConnection | None = None
@@ -371,102 +388,103 @@ class Session:
         queries: str | Sequence[str | tuple[str, Params]],
         params: Any = None,
         *,
-        workers: int | None = None,
         progress: Callable[[BatchProgress], None] | None = None,
+        **_legacy: Any,
     ) -> BatchResult:
         """Run a batch of queries as one workload; results come back in input order.
 
         `queries` is a list of SQL strings or (sql, params) pairs, or one SQL template with
         `params` a table of parameter rows (pyarrow Table, pandas DataFrame, list of dicts or
         tuples, or a SQL query whose rows are the parameters). A query that fails gets its
-        `error` set; the others still complete.
+        `error` set; the others still complete. Statements that change state run in input
+        order; the queries between them run concurrently (halo_sql.executor.batch).
         """
         items = _batch_items(self, queries, params)
-        began = time.perf_counter()
-        results: list[Result] = [
-            Result(None, StatementStats(memo=ResponseMemo(self.memo_capacity)), sql) for sql, _ in items
-        ]
-        plans: list[StatementPlan | None] = []
-        with self._lock:
-            for index, (sql, values) in enumerate(items):
-                try:
-                    statements = split_statements(sql)
-                    if len(statements) != 1:
-                        raise ProgrammingError(f"a batch item must be one statement, got {len(statements)}")
-                    plans.append(self._plan(statements[0], statements[0].text, values, batch=True))
-                except HaloError as exc:
-                    results[index].error = exc
-                    plans.append(None)
-                except duckdb.Error as exc:
-                    results[index].error = duckdb_error(exc)
-                    plans.append(None)
-                except Exception as exc:  # a bug of ours must not cost the other queries
-                    results[index].error = _internal(exc)
-                    plans.append(None)
-            runtime = BatchingRuntime(self.runtime)
-            shared = SubplanCache()
-            local = threading.local()
-            cursors: list[duckdb.DuckDBPyConnection] = []
-            cursors_lock = threading.Lock()
-            done = [0]
-            batch_progress = BatchProgress(total=len(items))
+        runs = self._batches
 
-            def cursor() -> duckdb.DuckDBPyConnection:
-                con = getattr(local, "con", None)
-                if con is None:
-                    con = self.connection.cursor()
-                    for name, data in self.registrations.items():
-                        con.register(name, data)
-                    local.con = con
-                    with cursors_lock:
-                        cursors.append(con)
-                return con
+        def started(run: BatchRun) -> None:
+            runs.add(run)
 
-            def run(index: int) -> None:
-                plan = plans[index]
-                if plan is None:
-                    return
-                result = results[index]
-                stats = result.stats
-                self._batch_stats.append(stats)
-                runtime.worker_started()
-                began_query = time.perf_counter()
-                try:
-                    result.table = self._run_plan(
-                        plan, stats, items[index][1], connection=cursor(), runtime=runtime, shared=shared
-                    )
-                except HaloError as exc:
-                    result.error = exc
-                except duckdb.Error as exc:
-                    result.error = duckdb_error(exc)
-                except Exception as exc:  # a bug of ours must not cost the other queries
-                    result.error = _internal(exc)
-                finally:
-                    runtime.worker_finished()
-                    stats.seconds = time.perf_counter() - began_query
-                    stats.rows_out = result.table.num_rows if result.table is not None else 0
-                    with cursors_lock:
-                        done[0] += 1
-                        batch_progress.done = done[0]
-                        batch_progress.llm_requests = runtime.counters.requests_sent
-                    if progress is not None:
-                        progress(batch_progress)
-
-            self._batch_stats = []
-            pool_size = workers or min(64, max(1, len(items)))
-            from concurrent.futures import ThreadPoolExecutor
-
-            try:
-                with ThreadPoolExecutor(pool_size, thread_name_prefix="halo-batch") as pool:
-                    list(pool.map(run, range(len(items))))
-            finally:
-                for con in cursors:
-                    con.close()
-                self._batch_stats = []
-        batch = BatchResult(results, runtime.counters, shared.computed, shared.reused)
-        batch.seconds = time.perf_counter() - began
+        try:
+            batch = run_batch(self, items, progress, on_start=started)
+        finally:
+            runs.clear()
         self.last_stats = batch.total_stats()
         return batch
+
+    def plan_for_batch(self, sql: str, params: Params, stats: StatementStats) -> StatementPlan:
+        """Plan one query of a batch (the batch driver calls it in input order)."""
+        statements = split_statements(sql)
+        if len(statements) != 1:
+            raise ProgrammingError(f"a batch item must be one statement, got {len(statements)}")
+        with self._lock:
+            previous, self._current = self._current, stats
+            try:
+                return self._plan(statements[0], statements[0].text, params, batch=True)
+            except duckdb.Error as exc:
+                raise duckdb_error(exc) from None
+            except HaloError:
+                raise
+            except Exception as exc:
+                raise _internal(exc) from exc
+            finally:
+                self._current = previous
+
+    def submit(self, sql: str, params: Params = None) -> concurrent.futures.Future[Result]:
+        """Online mode: start one statement now and return a future of its Result.
+
+        A query is planned here and joins the running work at once: its requests share the
+        engine and every in-flight identical request with the statements already running (no
+        mini-batch window). A statement that changes state runs before this returns.
+
+            >>> session = Session(backend="sim")
+            >>> session.submit("SELECT 41 + 1 AS answer").result().table.to_pylist()
+            [{'answer': 42}]
+        """
+        from halo_sql.executor.batch import is_query
+
+        future: concurrent.futures.Future[Result] = concurrent.futures.Future()
+        if not is_query(sql):
+            try:
+                future.set_result(self.execute(sql, params))
+            except BaseException as exc:
+                future.set_exception(exc)
+            return future
+        stats = StatementStats(memo=ResponseMemo(self.memo_capacity))
+        began = time.perf_counter()
+        try:
+            plan = self.plan_for_batch(sql, params, stats)
+        except BaseException as exc:
+            future.set_exception(exc)
+            return future
+        stats.planning_seconds = time.perf_counter() - began
+        with self._lock:
+            if self._online is None:
+                self._online = ConnectionSource.pool(self.connection, self.registrations)
+            source = self._online
+
+        async def run() -> Result:
+            try:
+                table = await self.arun_plan(plan, stats, params, source, None)
+            finally:
+                stats.seconds = time.perf_counter() - began
+            stats.rows_out = table.num_rows if table is not None else 0
+            return Result(table, stats, sql)
+
+        inner = aio.spawn(run())
+        self._running.add(inner)
+
+        def relay(done: concurrent.futures.Future[Result]) -> None:
+            self._running.discard(done)
+            if done.cancelled():
+                future.set_exception(QueryCancelled("statement cancelled"))
+            elif done.exception() is not None:
+                future.set_exception(_as_halo_error(done.exception()))  # type: ignore[arg-type]
+            else:
+                future.set_result(done.result())
+
+        inner.add_done_callback(relay)
+        return future
 
     def explain_batch(self, queries: str | Sequence[str | tuple[str, Params]], params: Any = None) -> str:
         """The consolidated plan of a batch: shared sub-plans and merged LLM operators."""
@@ -563,61 +581,6 @@ class Session:
             raise duckdb_error(exc) from None
 
 
-@dataclass
-class BatchProgress:
-    total: int
-    done: int = 0
-    llm_requests: int = 0
-
-
-@dataclass
-class BatchResult:
-    """Results of a batch in input order, plus what the batch runtime did."""
-
-    results: list[Result]
-    counters: Any
-    subplans_computed: int = 0
-    subplans_reused: int = 0
-    seconds: float = 0.0
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def __getitem__(self, index: int) -> Result:
-        return self.results[index]
-
-    @property
-    def tables(self) -> list[pa.Table | None]:
-        return [r.table for r in self.results]
-
-    @property
-    def errors(self) -> list[tuple[int, HaloError]]:
-        return [(i, r.error) for i, r in enumerate(self.results) if r.error is not None]
-
-    def total_stats(self) -> StatementStats:
-        total = StatementStats()
-        for result in self.results:
-            total.merge(result.stats)
-            total.rows_out += result.stats.rows_out
-        total.backend_calls = self.counters.backend_calls
-        total.seconds = self.seconds
-        return total
-
-    def stats(self) -> dict[str, Any]:
-        """Totals over the batch, with the batch runtime's own counters."""
-        out = self.total_stats().as_dict()
-        out.update(
-            queries=len(self.results),
-            failed_queries=len(self.errors),
-            flushes=self.counters.flushes,
-            largest_flush=self.counters.largest_flush,
-            shared_requests=self.counters.shared_requests,
-            subplans_computed=self.subplans_computed,
-            subplans_reused=self.subplans_reused,
-        )
-        return out
-
-
 def _batch_items(session: Session, queries: Any, params: Any) -> list[tuple[str, Params]]:
     if isinstance(queries, str):
         if params is None:
@@ -644,6 +607,28 @@ def _param_rows(session: Session, params: Any) -> list[Params]:
     if hasattr(params, "to_dict") and hasattr(params, "columns"):  # pandas
         return list(params.to_dict(orient="records"))
     return list(params)
+
+
+_LLM_FAILURES = re.compile(
+    r"^\s*SET\s+(?:SESSION\s+)?llm_failures\s*(?:=|\bTO\b)\s*'?(\w+)'?\s*;?\s*$", re.I
+)
+
+
+def _llm_failure_mode(value: str) -> str:
+    mode = value.lower()
+    if mode not in ("raise", "null"):
+        raise ProgrammingError(f"SET llm_failures takes 'raise' or 'null', not {value!r}")
+    return mode
+
+
+def _as_halo_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, HaloError):
+        return exc
+    if isinstance(exc, duckdb.Error):
+        return duckdb_error(exc)
+    if isinstance(exc, Exception):
+        return _internal(exc)
+    return exc
 
 
 def _internal(exc: BaseException) -> InternalError:
@@ -695,27 +680,13 @@ def _plan_table(
     and, after a run, each operator's measured counters (halo_sql.optimizer.explain)."""
     actual = None
     if stats is not None and stats.operators:  # a plain DuckDB query ran without operators
-        ops = _physical_ops(plan.root, settings)
+        operators = stats.operators
 
         def actual(node: Any) -> Any:
-            op = ops.get(id(node))
-            return stats.operators.get(op) if op is not None else None
+            return operators.get(id(node))
 
     render = explain_json if fmt == "json" else explain_text
     return pa.table({"plan": [render(plan, actual, stats)]})
-
-
-def _physical_ops(root: Any, settings: PhysicalSettings | None) -> dict[int, Any]:
-    """id(logical node) -> the physical operator that ran it (the trees have the same shape)."""
-    out: dict[int, Any] = {}
-
-    def walk(node: Any, op: Any) -> None:
-        out.setdefault(id(node), op)
-        for child, child_op in zip(node.children, op.children, strict=False):
-            walk(child, child_op)
-
-    walk(root, physical_plan(root, settings))
-    return out
 
 
 def _silence_duckdb_copy_warning() -> None:

@@ -141,22 +141,3 @@ def test_shell_batch_flag_runs_a_file_as_one_batch(tmp_path: object) -> None:
     assert "3 statements, 1 failed, 2 LLM requests" in done.stderr
 
 
-def test_backend_calls_are_sized_from_the_kv_cache_and_never_exceed_max_batch() -> None:
-    from halo_sql.executor.runtime import BatchSizer, LLMRuntime, StatementStats
-    from halo_sql.llm.base import DecodingParams, LLMRequest
-    from halo_sql.llm.sim import SimBackend
-
-    sim = SimBackend()
-    sizes: list[int] = []
-    generate = sim.generate
-    sim.generate = lambda batch: (sizes.append(len(batch)), generate(batch))[1]  # type: ignore[method-assign]
-    requests = [LLMRequest(f"request number {i:04d} " * 4, params=DecodingParams(max_tokens=64)) for i in range(100)]
-    # ~20 prompt tokens (by characters) + 64 output tokens per request, 2,000 KV-cache tokens:
-    # the first call holds 23; later ones follow the measured throughput.
-    sized = LLMRuntime(lambda _: sim, sizer_for=lambda _: BatchSizer(kv_cache_tokens=2000, waves=1))
-    sized.generate("m", requests, StatementStats())
-    assert sizes[0] == 23 and sum(sizes) == 100 and len(sizes) >= 3
-    capped = LLMRuntime(lambda _: sim, max_batch=10)
-    stats = StatementStats()
-    capped.generate("m", requests, stats)
-    assert stats.backend_calls == 10

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 import halo_sql
+from halo_sql.errors import ModelError
 from halo_sql.frontends.dbapi import Connection
 from halo_sql.llm.sim import SimBackend
 
@@ -186,9 +187,17 @@ def test_llm_agg_reduces_hierarchically_when_a_group_does_not_fit(shop: Connecti
     assert stats["failed_requests"] == 0  # every prompt fitted the 256-token window
 
 
+def test_a_request_the_model_cannot_answer_fails_the_statement_by_default(shop: Connection) -> None:
+    shop.sql("CREATE MODEL small USING sim WITH (context_window => 256)")
+    shop.sql("CREATE TABLE notes AS SELECT 1 AS g, repeat('word ', 400) AS note UNION ALL SELECT 2, 'ok'")
+    with pytest.raises(ModelError, match=r"1 LLM request\(s\) failed; first: prompt of \d+ tokens"):
+        shop.sql("SELECT g, LLM('Summarize: {note}', model => 'small') AS s FROM notes")
+
+
 def test_llm_agg_group_with_an_unanswerable_part_is_null(shop: Connection) -> None:
     shop.sql("CREATE MODEL small USING sim WITH (context_window => 256)")
     shop.sql("CREATE TABLE notes AS SELECT 1 AS g, repeat('word ', 400) AS note UNION ALL SELECT 2, 'ok'")
+    shop.sql("SET llm_failures = 'null'")
     got = rows(shop, "SELECT g, LLM_AGG('Summarize', note, model => 'small') AS s FROM notes GROUP BY g ORDER BY g")
     assert got[0]["s"] is None and got[1]["s"]
     assert shop.stats()["failed_requests"] == 1

@@ -223,18 +223,19 @@ def test_runtime_keeps_requests_with_different_constraints_apart() -> None:
     assert stats.llm_requests == 3 and stats.deduplicated_requests == 0
 
 
-def test_runtime_splits_large_batches() -> None:
+def test_a_runtime_limited_to_one_request_in_flight_sends_them_one_by_one() -> None:
     backend = Recorder()
     stats = StatementStats()
-    LLMRuntime(lambda model: backend, max_batch=4).generate(
-        "m", [LLMRequest(f"{i:02}") for i in range(10)], stats
+    LLMRuntime(lambda model: backend, max_concurrency=1).generate(
+        "m", [LLMRequest(f"{i:02}") for i in range(4)], stats
     )
-    assert [len(b) for b in backend.batches] == [4, 4, 2]
+    assert [len(b) for b in backend.batches] == [1, 1, 1, 1]
+    assert stats.llm_requests == stats.backend_calls == 4
 
 
 def test_backend_failures_name_the_model() -> None:
     runtime = LLMRuntime(lambda model: Recorder(fail=True))
-    with pytest.raises(ModelError, match="model 'tiny' failed on a batch of 1: GPU on fire"):
+    with pytest.raises(ModelError, match=r"model 'tiny' \(recorder\) failed: GPU on fire"):
         runtime.generate("tiny", [LLMRequest("a")], StatementStats())
 
 

@@ -33,6 +33,11 @@ class RecordingBackend:
         self._recorder.record(self.inner, [r.prompt for r in requests])
         return self.inner.generate(requests)
 
+    async def agenerate(self, request: LLMRequest, *, priority: int = 0) -> LLMResponse:
+        """The engine-driver path: each request is recorded as one call (what the engine got)."""
+        self._recorder.record(self.inner, [request.prompt])
+        return await self.inner.agenerate(request, priority=priority)
+
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 

@@ -101,14 +101,16 @@ class System:
     name: str
     description: str
 
-    max_batch: int = 512
-    """Largest number of requests the runtime hands the backend in one call."""
+    max_concurrency: int | None = None
+    """At most this many requests of the run wait for answers at once (None: no limit)."""
 
     def prepare(self, con: Connection, recorder: Recorder) -> None:
         """Configure a fresh connection before the batch: the runtime (through `recorder`, which
         records every prompt sent) and the physical settings."""
         session = con.session
-        session.runtime = LLMRuntime(recorder.wrap(session.backend), max_batch=self.max_batch)
+        session.runtime = LLMRuntime(
+            recorder.wrap(session.backend), max_concurrency=self.max_concurrency
+        )
 
     def run(self, con: Connection, queries: Sequence[str], progress: ProgressFn) -> BatchOutcome:
         outcomes = _one_by_one(con, queries, progress)
@@ -117,10 +119,10 @@ class System:
 
 @dataclass(frozen=True)
 class NaiveSystem(System):
-    """One backend call per row: LLM operators take one row at a time and the runtime sends one
-    request per call. Identical requests within one statement are still sent once."""
+    """One request at a time: the runtime lets one request wait for its answer at once, so the
+    engine answers row after row. Identical requests within one statement are still sent once."""
 
-    max_batch: int = 1
+    max_concurrency: int | None = 1
 
     def prepare(self, con: Connection, recorder: Recorder) -> None:
         super().prepare(con, recorder)

@@ -1,176 +1,335 @@
-"""The batch runtime: many queries, one stream of model work.
+"""Batches: many queries, one running DAG.
 
-Queries of a batch run on a pool of worker threads (each with its own DuckDB cursor). Their LLM
-operators do not call the backend themselves: `BatchingRuntime` collects the requests of every
-query that reaches an LLM step, and sends them as one batch when every running query is waiting
-for answers (or a short timeout passes, or the batch is full). So the backend sees one large,
-prompt-ordered batch per step of the workflow across all queries: a shared instruction prefix is
-prefilled once, identical requests of different queries are sent once, and queries at different
-steps are served together. Equal sub-plans of different queries run once (`SubplanCache`).
+`run_batch` plans the queries one by one in the caller's thread and starts each on the halo loop
+as soon as it is planned, so execution overlaps planning. Every query of the batch is a task on
+one event loop: there is no worker pool capping how many run at once, and memory is bounded by
+the rows in flight, not by the number of queries. Their requests meet in the runtime: identical
+requests are sent once (the queries share one response memo, and in-flight requests are shared
+process-wide), equal sub-plans run once (`SubplanCache`), and the engine gets every ready request
+at once (continuous batching keeps it full).
 
-Answers are identical to running the queries one by one: each request's answer depends only on
-the request, under greedy decoding.
+Statements that change state (CREATE, INSERT, SET, CREATE MODEL, ...) run in input order: the
+queries before one finish before it runs, the queries after it are planned after it ran. Only
+the queries between two such statements run concurrently.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from halo_sql.errors import QueryCancelled
-from halo_sql.executor.runtime import LLMRuntime, StatementStats, request_key
-from halo_sql.llm.base import LLMRequest, LLMResponse
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
 
-Key = bytes
+from halo_sql.errors import HaloError, InternalError
+from halo_sql.executor.duckdb_bridge import duckdb_error
+from halo_sql.executor.engine import ConnectionSource, SubplanCache
+from halo_sql.executor.runtime import ResponseMemo, StatementStats
+from halo_sql.llm import aio
+from halo_sql.parser.statements import is_own_statement, split_explain, split_statements
 
 
 @dataclass
-class _Pending:
-    request: LLMRequest
-    model: str
-    owner: StatementStats
-    """The query whose operator asked first: its stats pay for the request."""
+class Result:
+    """The outcome of one statement."""
+
+    table: pa.Table | None
+    """The result set; None for statements that return none."""
+    stats: StatementStats = field(default_factory=StatementStats)
+    statement: str = ""
+    error: HaloError | None = None
+    """In a batch: why this query failed (the other queries still ran)."""
+
+    @property
+    def rowcount(self) -> int:
+        if self.table is None:
+            return -1
+        if self.table.column_names == ["Count"] and self.table.num_rows == 1:
+            return int(self.table.column(0)[0].as_py())
+        return self.table.num_rows
 
 
 @dataclass
-class BatchCounters:
-    """What the batch runtime did, beyond the per-query statistics."""
-
-    flushes: int = 0
-    backend_calls: int = 0
-    requests_sent: int = 0
-    shared_requests: int = 0
-    """Requests answered by an identical request of another query of the batch."""
-    largest_flush: int = 0
-    flush_sizes: list[int] = field(default_factory=list)
+class BatchProgress:
+    total: int
+    done: int = 0
+    llm_requests: int = 0
 
 
-class BatchingRuntime(LLMRuntime):
-    """An LLMRuntime that coalesces the requests of concurrently running queries."""
+@dataclass
+class BatchResult:
+    """Results of a batch in input order, plus what the batch shared."""
 
-    def __init__(self, base: LLMRuntime, *, flush_after: float = 0.02, max_flush: int = 4096) -> None:
-        super().__init__(base.backend, max_batch=base.max_batch, sizer_for=base.sizer)
-        # The base runtime's per-model locks: a batch and a plain statement of the same session
-        # never call one engine at the same time.
-        self._locks = base._locks
-        self._locks_guard = base._locks_guard
-        self.flush_after = flush_after
-        """Seconds a waiting query gives others to reach their LLM step before it sends anyway."""
-        self.max_flush = max_flush
-        self.counters = BatchCounters()
-        self._cond = threading.Condition()
-        self._pending: dict[Key, _Pending] = {}
-        self._answers: dict[Key, LLMResponse] = {}
-        self._inflight: set[Key] = set()
-        """Keys being sent right now: asked again meanwhile, they are waited for, not re-sent."""
-        self._errors: dict[Key, BaseException] = {}
-        self._active = 0
-        self._waiting = 0
-        self._flushing = False
+    results: list[Result]
+    subplans_computed: int = 0
+    subplans_reused: int = 0
+    seconds: float = 0.0
+    planning_seconds: float = 0.0
 
-    # -- worker bookkeeping ------------------------------------------------------------------------
-    def worker_started(self) -> None:
-        with self._cond:
-            self._active += 1
+    def __len__(self) -> int:
+        return len(self.results)
 
-    def worker_finished(self) -> None:
-        with self._cond:
-            self._active -= 1
-            self._cond.notify_all()  # the others may now all be waiting: time to flush
+    def __getitem__(self, index: int) -> Result:
+        return self.results[index]
 
-    # -- the runtime protocol ----------------------------------------------------------------------
-    def generate(
-        self, model: str, requests: Sequence[LLMRequest], stats: StatementStats
-    ) -> list[LLMResponse]:
-        if stats.cancel.is_set():
-            raise QueryCancelled("statement cancelled")
-        keys = [request_key(model, r) for r in requests]
-        local: dict[Key, LLMResponse] = {}
-        with self._cond:
-            for key, request in zip(keys, requests, strict=True):
-                known = stats.memo.get(key)
-                if known is not None or key in local:
-                    stats.deduplicated_requests += 1
-                    if known is not None:
-                        local[key] = known
-                elif key in self._answers or key in self._pending or key in self._inflight:
-                    stats.deduplicated_requests += 1
-                    self.counters.shared_requests += 1
-                else:
-                    self._pending[key] = _Pending(request, model, stats)
-            missing = [k for k in keys if k not in local and k not in self._answers]
-            self._waiting += 1
+    @property
+    def tables(self) -> list[pa.Table | None]:
+        return [r.table for r in self.results]
+
+    @property
+    def errors(self) -> list[tuple[int, HaloError]]:
+        return [(i, r.error) for i, r in enumerate(self.results) if r.error is not None]
+
+    def total_stats(self) -> StatementStats:
+        total = StatementStats()
+        for result in self.results:
+            total.merge(result.stats)
+            total.rows_out += result.stats.rows_out
+        total.seconds = self.seconds
+        total.planning_seconds = self.planning_seconds
+        return total
+
+    def stats(self) -> dict[str, Any]:
+        """Totals over the batch, with what it shared."""
+        out = self.total_stats().as_dict()
+        out.update(
+            queries=len(self.results),
+            failed_queries=len(self.errors),
+            subplans_computed=self.subplans_computed,
+            subplans_reused=self.subplans_reused,
+            planning_seconds=round(self.planning_seconds, 4),
+        )
+        return out
+
+
+class BatchSession(Protocol):
+    """What the batch driver needs of a session (halo_sql.session.Session)."""
+
+    connection: duckdb.DuckDBPyConnection
+    registrations: dict[str, Any]
+    memo_capacity: int
+
+    def execute(self, sql: str, params: Any = None) -> Result: ...
+
+    def plan_for_batch(self, sql: str, params: Any, stats: StatementStats) -> Any: ...
+
+    async def arun_plan(
+        self,
+        plan: Any,
+        stats: StatementStats,
+        params: Any,
+        connections: ConnectionSource,
+        shared: SubplanCache | None,
+    ) -> pa.Table | None: ...
+
+
+def is_query(sql: str) -> bool:
+    """True for statements that only read: SELECT / set operations / VALUES, and EXPLAIN of
+    them. Everything else may change state and runs in order.
+
+    >>> is_query("SELECT 1"), is_query("CREATE TABLE t AS SELECT 1"), is_query("EXPLAIN SELECT 1")
+    (True, False, True)
+    """
+    statements = split_statements(sql)
+    if len(statements) != 1:
+        return False
+    text = statements[0].text
+    if is_own_statement(text):
+        return False
+    is_explain, _, _, inner = split_explain(text)
+    try:
+        tree = sqlglot.parse_one(inner if is_explain else text, read="duckdb")
+    except SqlglotError:
+        return False
+    return isinstance(tree, exp.Query)
+
+
+class BatchRun:
+    """One execution of a batch (`run_batch`), cancellable from another thread."""
+
+    def __init__(self, session: BatchSession, items: Sequence[tuple[str, Any]]) -> None:
+        self.session = session
+        self.items = list(items)
+        self.results = [
+            Result(None, StatementStats(), sql) for sql, _ in self.items
+        ]
+        self.subplans = (0, 0)
+        self._futures: list[concurrent.futures.Future[Any]] = []
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._connections: list[ConnectionSource] = []
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            futures = list(self._futures)
+            connections = list(self._connections)
+        for result in self.results:
+            result.stats.cancel.set()
+        for future in futures:
+            future.cancel()
+        for source in connections:
+            source.interrupt()
+
+    def run(self, progress: Callable[[BatchProgress], None] | None = None) -> BatchResult:
+        began = time.perf_counter()
+        state = BatchProgress(total=len(self.items))
+        done_lock = threading.Lock()
+        computed = reused = 0
+        planning = 0.0
+
+        def finished(result: Result) -> None:
+            with done_lock:
+                state.done += 1
+                state.llm_requests += result.stats.llm_requests
+            if progress is not None:
+                progress(state)
+
+        for segment in _segments(self.items):
+            if self._cancelled:
+                break
+            if isinstance(segment, int):  # a statement that changes state: alone, in order
+                self._run_statement(segment)
+                finished(self.results[segment])
+                continue
+            shared = SubplanCache()
+            memo = ResponseMemo(self.session.memo_capacity)
+            connections = ConnectionSource.pool(
+                self.session.connection, dict(self.session.registrations)
+            )
+            with self._lock:
+                self._connections.append(connections)
+            waiting: list[tuple[int, concurrent.futures.Future[Any]]] = []
             try:
-                waited_since = time.perf_counter()
-                while any(k not in self._answers and k not in self._errors for k in missing):
-                    if stats.cancel.is_set():
-                        raise QueryCancelled("statement cancelled; answers received so far are kept")
-                    everyone_waits = self._waiting >= self._active
-                    overdue = time.perf_counter() - waited_since >= self.flush_after
-                    full = len(self._pending) >= self.max_flush
-                    if self._pending and not self._flushing and (everyone_waits or overdue or full):
-                        self._flush_locked()
-                        waited_since = time.perf_counter()
-                    else:
-                        self._cond.wait(timeout=self.flush_after)
-            finally:
-                self._waiting -= 1
-            for key in missing:
-                if key in self._errors:
-                    raise self._errors[key]
-            out = []
-            for key in keys:
-                response = local.get(key) or self._answers[key]
-                stats.memo.put(key, response)
-                out.append(response)
-            return out
-
-    def _flush_locked(self) -> None:
-        """Send everything pending (called with the condition held; releases it while sending)."""
-        batch = sorted(self._pending.items(), key=lambda item: (item[1].model, item[1].request.prompt))
-        self._pending.clear()
-        self._inflight.update(key for key, _ in batch)
-        self._flushing = True
-        self.counters.flushes += 1
-        self.counters.flush_sizes.append(len(batch))
-        self.counters.largest_flush = max(self.counters.largest_flush, len(batch))
-        self._cond.release()
-        results: dict[Key, LLMResponse] = {}
-        errors: dict[Key, BaseException] = {}
-        try:
-            by_model: dict[str, list[tuple[Key, _Pending]]] = {}
-            for key, pending in batch:
-                by_model.setdefault(pending.model, []).append((key, pending))
-            for model, items in by_model.items():
-                by_key = dict(items)
-                for requests in self.chunks(model, [(key, p.request) for key, p in items]):
-                    chunk = [(key, by_key[key]) for key, _ in requests]
+                for index in segment:
+                    if self._cancelled:
+                        break
+                    result = self.results[index]
+                    result.stats = StatementStats(memo=memo)
+                    sql, params = self.items[index]
+                    plan_began = time.perf_counter()
                     try:
-                        responses = self._send(model, [p.request for _, p in chunk])
-                    except BaseException as exc:  # every waiting query gets the failure, none hangs
-                        for key, _ in chunk:
-                            errors[key] = exc
+                        plan = self.session.plan_for_batch(sql, params, result.stats)
+                    except BaseException as exc:
+                        result.error = _as_halo(exc)
+                        finished(result)
                         continue
-                    for (key, pending), response in zip(chunk, responses, strict=True):
-                        results[key] = response
-                        owner = pending.owner
-                        owner.llm_requests += 1
-                        owner.prompt_tokens += response.prompt_tokens
-                        owner.cached_prompt_tokens += response.cached_prompt_tokens
-                        owner.output_tokens += response.output_tokens
-                        owner.failed_requests += response.error is not None
-        finally:
-            self._cond.acquire()
-            self._answers.update(results)
-            self._errors.update(errors)
-            self._inflight.difference_update(key for key, _ in batch)
-            self._flushing = False
-            self._cond.notify_all()
+                    finally:
+                        result.stats.planning_seconds = time.perf_counter() - plan_began
+                        planning += result.stats.planning_seconds
+                    future = aio.spawn(
+                        self._run_query(index, plan, params, connections, shared)
+                    )
+                    future.add_done_callback(_calls(finished, result))
+                    with self._lock:
+                        self._futures.append(future)
+                    waiting.append((index, future))
+                for index, future in waiting:
+                    try:
+                        future.result()
+                    except concurrent.futures.CancelledError:
+                        self.results[index].error = _cancelled()
+            except BaseException:  # Ctrl-C while waiting: nothing of the batch keeps running
+                self.cancel()
+                raise
+            finally:
+                computed += shared.computed
+                reused += shared.reused
+                connections.close()
+        batch = BatchResult(self.results, computed, reused)
+        batch.seconds = time.perf_counter() - began
+        batch.planning_seconds = planning
+        return batch
 
-    def _send(self, model: str, requests: list[LLMRequest]) -> list[LLMResponse]:
-        responses, _ = self.call_backend(model, requests)
-        self.counters.backend_calls += 1
-        self.counters.requests_sent += len(requests)
-        return responses
+    async def _run_query(
+        self,
+        index: int,
+        plan: Any,
+        params: Any,
+        connections: ConnectionSource,
+        shared: SubplanCache,
+    ) -> None:
+        result = self.results[index]
+        began = time.perf_counter()
+        try:
+            result.table = await self.session.arun_plan(
+                plan, result.stats, params, connections, shared
+            )
+        except HaloError as exc:
+            result.error = exc
+        except duckdb.Error as exc:
+            result.error = duckdb_error(exc)
+        except Exception as exc:  # a bug of ours must not cost the other queries
+            result.error = _as_halo(exc)
+        finally:
+            result.stats.seconds = time.perf_counter() - began + result.stats.planning_seconds
+            result.stats.rows_out = result.table.num_rows if result.table is not None else 0
+
+    def _run_statement(self, index: int) -> None:
+        sql, params = self.items[index]
+        try:
+            outcome = self.session.execute(sql, params)
+            self.results[index] = Result(outcome.table, outcome.stats, sql)
+        except BaseException as exc:
+            self.results[index].error = _as_halo(exc)
+
+
+def _calls(fn: Callable[[Result], None], result: Result) -> Callable[[Any], None]:
+    return lambda _future: fn(result)
+
+
+def _segments(items: Sequence[tuple[str, Any]]) -> list[int | list[int]]:
+    """Runs of queries (lists of indices) between statements that change state (single ints)."""
+    out: list[int | list[int]] = []
+    run: list[int] = []
+    for index, (sql, _) in enumerate(items):
+        if is_query(sql):
+            run.append(index)
+            continue
+        if run:
+            out.append(run)
+            run = []
+        out.append(index)
+    if run:
+        out.append(run)
+    return out
+
+
+def _cancelled() -> HaloError:
+    from halo_sql.errors import QueryCancelled
+
+    return QueryCancelled("the batch was cancelled")
+
+
+def _as_halo(exc: BaseException) -> HaloError:
+    if isinstance(exc, HaloError):
+        return exc
+    if isinstance(exc, duckdb.Error):
+        return duckdb_error(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return _cancelled()
+    error = InternalError(
+        f"internal error ({type(exc).__name__}: {exc}); please report it with the statement"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def run_batch(
+    session: BatchSession,
+    items: Sequence[tuple[str, Any]],
+    progress: Callable[[BatchProgress], None] | None = None,
+    on_start: Callable[[BatchRun], None] | None = None,
+) -> BatchResult:
+    """Run a batch (see the module docstring); `on_start` receives the run (for cancelling)."""
+    run = BatchRun(session, items)
+    if on_start is not None:
+        on_start(run)
+    return run.run(progress)

@@ -1,218 +1,301 @@
-"""Run physical plans as pull-based streams of Arrow record batches.
+"""Run physical plans as asynchronous streams of Arrow record batches.
 
-Each operator is a generator: nothing runs before the first batch is pulled, and an operator only
-pulls as much input as its output needs, so a LIMIT above an LLM filter stops model work early.
-Every operator yields at least one batch (possibly empty) so schemas flow to the consumer.
+Every operator is an async generator on the halo loop (`halo_sql.llm.aio`): nothing runs before
+the first batch is pulled, LLM work is row by row (`pipeline.run_pipeline`) and DuckDB work runs
+in worker threads, so one thread drives any number of running statements and a whole batch of
+queries is one running DAG. Inputs of a DuckDB step are computed concurrently. Every operator
+yields at least one batch (possibly empty) so schemas flow to the consumer.
+
+    >>> import halo_sql
+    >>> con = halo_sql.connect(backend="sim")
+    >>> con.sql("SELECT LLM_FILTER('Is {x} even?') AS even FROM (SELECT 2 AS x)").num_rows
+    1
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-import functools
 import itertools
-import math
-import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import singledispatch
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from halo_sql.errors import HaloError
 from halo_sql.executor.duckdb_bridge import duckdb_error, register_llm_udf
-from halo_sql.executor.llm_eval import evaluate_rows
+from halo_sql.executor.pipeline import run_pipeline, scratch_sql
 from halo_sql.executor.runtime import LLMRuntime, StatementStats
+from halo_sql.llm.base import LLMResponse
 from halo_sql.physical import operators as po
+
+T = TypeVar("T")
+
+_THREADS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="halo-duckdb")
+"""DuckDB work (and other blocking work: agent loops, DuckDB steps whose LLM functions wait for
+answers) runs here, never on the loop. Threads are made on demand; a thread blocked in an LLM
+function waiting for its answers costs no CPU."""
+
+
+@dataclass
+class OperatorCounters:
+    """What one operator did (EXPLAIN ANALYZE): its own requests; rows it emitted; the seconds
+    from its first pull to its end (operators run concurrently, so these overlap)."""
+
+    rows: int = 0
+    llm_requests: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+
+    def charge(self, response: LLMResponse) -> None:
+        self.llm_requests += 1
+        self.prompt_tokens += response.prompt_tokens
+        self.cached_prompt_tokens += response.cached_prompt_tokens
+        self.output_tokens += response.output_tokens
+
+
+class ConnectionSource:
+    """Where a statement's DuckDB steps get a connection.
+
+    `exclusive(con)`: every step uses `con` in turn (a single statement on its session's own
+    connection, so its temporary tables and settings are visible; DuckDB allows one open result
+    per connection). `pool(con, registrations)`: every step takes a cursor of `con` of its own
+    (a batch: many queries' steps run at once), with the session's registered tables.
+    """
+
+    def __init__(
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        *,
+        shared: bool,
+        registrations: dict[str, Any] | None = None,
+    ) -> None:
+        self.connection = connection
+        self.shared = shared
+        self.registrations = registrations or {}
+        self._lock: asyncio.Lock | None = None
+        self._free: list[duckdb.DuckDBPyConnection] = []
+        self._all: list[duckdb.DuckDBPyConnection] = []
+        self._guard = threading.Lock()
+
+    @classmethod
+    def exclusive(cls, connection: duckdb.DuckDBPyConnection) -> ConnectionSource:
+        return cls(connection, shared=False)
+
+    @classmethod
+    def pool(
+        cls, connection: duckdb.DuckDBPyConnection, registrations: dict[str, Any]
+    ) -> ConnectionSource:
+        return cls(connection, shared=True, registrations=registrations)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[duckdb.DuckDBPyConnection]:
+        if not self.shared:
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                yield self.connection
+            return
+        with self._guard:
+            con = self._free.pop() if self._free else None
+        if con is None:
+            con = await asyncio.get_running_loop().run_in_executor(_THREADS, self._new_cursor)
+        try:
+            yield con
+        finally:
+            with self._guard:
+                self._free.append(con)
+
+    def _new_cursor(self) -> duckdb.DuckDBPyConnection:
+        con = self.connection.cursor()
+        for name, data in self.registrations.items():
+            con.register(name, data)
+        with self._guard:
+            self._all.append(con)
+        return con
+
+    def close(self) -> None:
+        with self._guard:
+            cursors, self._all, self._free = self._all, [], []
+        for con in cursors:
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+
+    def interrupt(self) -> None:
+        with self._guard:
+            cursors = list(self._all)
+        for con in [self.connection, *cursors] if not self.shared else cursors:
+            with contextlib.suppress(duckdb.Error):
+                con.interrupt()
 
 
 class SubplanCache:
     """Results of sub-plans shared by several queries of a batch, computed once.
 
     Plans are immutable values, so equal sub-plans (the same CTE over the same tables in many
-    queries) are the same key; a second query asking while the first computes waits for it.
+    queries) are the same key; a query asking while another computes it awaits the same task.
     """
 
     def __init__(self) -> None:
-        self._done: dict[po.PhysicalOp, pa.Table] = {}
-        self._running: dict[po.PhysicalOp, threading.Event] = {}
-        self._lock = threading.Lock()
+        self._tasks: dict[po.PhysicalOp, asyncio.Task[pa.Table]] = {}
         self.computed = 0
         self.reused = 0
 
-    def get(self, op: po.PhysicalOp, compute: Callable[[], pa.Table]) -> pa.Table:
-        while True:
-            with self._lock:
-                if op in self._done:
-                    self.reused += 1
-                    return self._done[op]
-                event = self._running.get(op)
-                if event is None:
-                    event = self._running[op] = threading.Event()
-                    break
-            event.wait()
-        try:
-            table = compute()
-            with self._lock:
-                self._done[op] = table
-                self.computed += 1
-            return table
-        finally:
-            with self._lock:
-                self._running.pop(op, None)
-            event.set()
+    async def get(self, op: po.PhysicalOp, compute: Callable[[], Any]) -> pa.Table:
+        task = self._tasks.get(op)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(compute())
+            self._tasks[op] = task
+            self.computed += 1
+        else:
+            self.reused += 1
+        return await asyncio.shield(task)
 
 
 @dataclass
 class ExecutionContext:
-    connection: duckdb.DuckDBPyConnection
+    """What a running statement needs: its connections, the runtime and its statistics."""
+
+    connections: ConnectionSource
     runtime: LLMRuntime
     stats: StatementStats
-    materialized: dict[str, pa.Table] = field(default_factory=dict)
     shared: SubplanCache | None = None
     """Across the queries of a batch: each distinct sub-plan runs once (keyed by plan value)."""
     tool_cache: Any = None
     """Agent tool calls of this statement (halo_sql.agents.tools.ToolCallCache, made on use)."""
-    prefetch_depth: int = 2
-    """Batches a purely relational input may run ahead of the LLM operator reading it (0: off)."""
+    materialized: dict[str, asyncio.Task[pa.Table]] = field(default_factory=dict)
     _scratch: threading.local = field(default_factory=threading.local)
     _scratches: list[duckdb.DuckDBPyConnection] = field(default_factory=list)
 
     @property
-    def scratch(self) -> duckdb.DuckDBPyConnection:
-        """A private in-memory DuckDB for batch-local expressions (the main connection may be
-        streaming a result, and DuckDB allows one open result per connection); one per thread,
-        since a prefetching input evaluates its filters in its own thread."""
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The session's connection (agent tools read the catalog through it)."""
+        return self.connections.connection
+
+    def counters(self, origin: int) -> OperatorCounters:
+        counters = self.stats.operators.get(origin)
+        if counters is None:
+            counters = self.stats.operators[origin] = OperatorCounters()
+        return counters  # type: ignore[no-any-return]
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(_THREADS, fn, *args)
+
+    def scratch_sql(self, sql: str, batch: pa.RecordBatch) -> pa.Table:
+        """`sql` over `batch` (as `__halo_batch`) on a private in-memory DuckDB of this thread."""
         con = getattr(self._scratch, "con", None)
         if con is None:
             con = self._scratch.con = duckdb.connect()
             self._scratches.append(con)
-        return con
+        return scratch_sql(con, sql, batch)
 
     def close(self) -> None:
         for con in self._scratches:
-            con.close()
+            with contextlib.suppress(duckdb.Error):
+                con.close()
         self._scratches.clear()
         self._scratch = threading.local()
 
 
-_RELATIONAL = (po.DuckDBSubplan, po.BatchSQLFilter, po.ProjectOp, po.LimitOp)
-
-
-def _model_input(child: po.PhysicalOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
-    """The input of an LLM operator. A purely relational input (DuckDB reading and filtering,
-    no model calls, no sub-plans to materialize) runs ahead in its own thread by at most
-    `prefetch_depth` batches: DuckDB prepares the next batch while the model answers this one,
-    and memory stays bounded by the queue."""
-    if ctx.prefetch_depth > 0 and _purely_relational(child):
-        return _prefetch(stream(child, ctx), ctx.prefetch_depth)
-    return stream(child, ctx)
-
-
-def _purely_relational(op: po.PhysicalOp) -> bool:
-    if not isinstance(op, _RELATIONAL):
-        return False
-    if isinstance(op, po.DuckDBSubplan) and (op.inputs or op.udfs):
-        return False
-    return all(_purely_relational(child) for child in op.children)
-
-
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-_END = object()
-
-
-def _prefetch(source: Iterator[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:
-    items: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in source:
-                if not put(batch):
-                    break
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(_Failure(exc))
-        finally:
-            # Closing runs the source's cleanup (DuckDB reader, registrations) in this thread,
-            # the one that opened them.
-            if hasattr(source, "close"):
-                source.close()
-            put(_END)
-
-    producer = threading.Thread(target=produce, name="halo-prefetch", daemon=True)
-    producer.start()
-    try:
-        while True:
-            item = items.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        producer.join()
-
-
-def execute(op: po.PhysicalOp, ctx: ExecutionContext) -> pa.Table | None:
+async def execute(op: po.PhysicalOp, ctx: ExecutionContext) -> pa.Table | None:
     """Run a plan to completion; None for statements that return no rows."""
-    batches = list(stream(op, ctx))
+    batches = [batch async for batch in stream(op, ctx)]
     if not batches or batches[0] is None:
         return None
     return pa.Table.from_batches(batches, schema=batches[0].schema)
 
 
-def materialize(op: po.PhysicalOp, ctx: ExecutionContext) -> pa.Table:
-    table = execute(op, ctx)
+async def materialize(op: po.PhysicalOp, ctx: ExecutionContext) -> pa.Table:
+    table = await execute(op, ctx)
     if table is None:
         raise HaloError("a sub-plan returned no result set")
     return table
 
 
-_udf_serial = itertools.count(1)
+def stream(op: po.PhysicalOp, ctx: ExecutionContext) -> AsyncIterator[pa.RecordBatch]:
+    """The operator's output batches, counted for EXPLAIN ANALYZE."""
+    return _counted(op, ctx, _stream(op, ctx))
+
+
+async def _counted(
+    op: po.PhysicalOp, ctx: ExecutionContext, inner: AsyncIterator[pa.RecordBatch]
+) -> AsyncIterator[pa.RecordBatch]:
+    origin = getattr(op, "origin", 0)
+    counters = ctx.counters(origin) if origin else OperatorCounters()
+    began = time.perf_counter()
+    try:
+        async for batch in inner:
+            if batch is not None:
+                counters.rows += batch.num_rows
+            yield batch
+    finally:
+        counters.seconds += time.perf_counter() - began
+        aclose = getattr(inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @singledispatch
-def stream(op: po.PhysicalOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+def _stream(op: po.PhysicalOp, ctx: ExecutionContext) -> AsyncIterator[pa.RecordBatch]:
     raise TypeError(f"cannot execute {type(op).__name__}")
 
 
-@stream.register
-def _(op: po.DuckDBSubplan, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
-    for named in op.inputs:
-        if named.name not in ctx.materialized:
-            if ctx.shared is not None:
-                ctx.materialized[named.name] = ctx.shared.get(
-                    named.op, functools.partial(materialize, named.op, ctx)
-                )
-            else:
-                ctx.materialized[named.name] = materialize(named.op, ctx)
-    con = ctx.connection
+_udf_serial = itertools.count(1)
+
+
+async def _input_table(named: po.PhysicalInput, ctx: ExecutionContext) -> pa.Table:
+    task = ctx.materialized.get(named.name)
+    if task is None:
+        if ctx.shared is not None:
+            shared = ctx.shared
+            coro = shared.get(named.op, lambda: materialize(named.op, ctx))
+        else:
+            coro = materialize(named.op, ctx)
+        task = asyncio.get_running_loop().create_task(coro)
+        ctx.materialized[named.name] = task
+    return await asyncio.shield(task)
+
+
+@_stream.register
+async def _(op: po.DuckDBSubplan, ctx: ExecutionContext) -> AsyncIterator[pa.RecordBatch]:
+    # All inputs at once: independent branches of the DAG (two CTEs, UNION branches) overlap.
+    tables = await asyncio.gather(*(_input_table(named, ctx) for named in op.inputs))
+    async with ctx.connections.acquire() as con:
+        table = await ctx.in_thread(_run_duckdb, op, ctx, con, tables)
+    if table is None:
+        yield None  # type: ignore[misc]  # a statement without a result set
+        return
+    batches = table.to_batches(max_chunksize=op.batch_rows)
+    if not batches:
+        yield pa.RecordBatch.from_pylist([], schema=table.schema)
+        return
+    for batch in batches:
+        yield batch
+
+
+def _run_duckdb(
+    op: po.DuckDBSubplan,
+    ctx: ExecutionContext,
+    con: duckdb.DuckDBPyConnection,
+    tables: list[pa.Table],
+) -> pa.Table | None:
+    """One DuckDB step, start to end, in a worker thread: register the inputs and LLM functions,
+    run, fetch everything, clean up (DuckDB holds one open result per connection)."""
     registered: list[str] = []
     functions: list[str] = []
-    reader = None
     try:
-        for named in op.inputs:
-            con.register(named.name, ctx.materialized[named.name])
+        for named, table in zip(op.inputs, tables, strict=True):
+            con.register(named.name, table)
             registered.append(named.name)
         sql = op.sql
         for udf in op.udfs:
@@ -225,26 +308,11 @@ def _(op: po.DuckDBSubplan, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
         try:
             relation = con.sql(sql)
             if relation is None:
-                yield None  # type: ignore[misc]  # a statement without a result set
-                return
-            reader = relation.to_arrow_reader(op.batch_rows)
+                return None
+            return relation.to_arrow_table()
         except duckdb.Error as exc:
             raise duckdb_error(exc) from None
-        produced = False
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                break
-            except duckdb.Error as exc:
-                raise duckdb_error(exc) from None
-            produced = True
-            yield batch
-        if not produced:
-            yield pa.RecordBatch.from_pylist([], schema=reader.schema)
     finally:
-        if reader is not None:
-            reader.close()
         for name in functions:
             with contextlib.suppress(duckdb.Error):
                 con.remove_function(name)
@@ -253,155 +321,38 @@ def _(op: po.DuckDBSubplan, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
                 con.unregister(name)
 
 
-@stream.register
-def _(op: po.LLMBatchFilter, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
-    passed = seen = 0
-    for batch in _model_input(op.child, ctx):
-        if batch.num_rows == 0:
-            yield batch
-            continue
-        offset = 0
-        while offset < batch.num_rows:
-            size = op.batch_rows
-            if op.limit_hint is not None:
-                # The consumer stops pulling once it has its rows. Past the hint (a later filter
-                # rejected some), keep going in chunks sized for the hint again: never stop here.
-                needed = op.limit_hint - passed if passed < op.limit_hint else op.limit_hint
-                # Ask for about as many rows as should pass, given the selectivity seen so far.
-                selectivity = max(passed / seen, 0.05) if seen else 0.5
-                size = min(op.batch_rows, max(8, math.ceil(needed / selectivity)))
-            piece = batch.slice(offset, size)
-            offset += piece.num_rows
-            mask = evaluate_rows(op.call, [piece.column(a) for a in op.arguments], ctx.runtime, ctx.stats, rows=piece.num_rows)
-            kept = piece.filter(pc.fill_null(mask, False))
-            seen += piece.num_rows
-            passed += kept.num_rows
-            yield kept
+@_stream.register
+async def _(op: po.RowPipeline, ctx: ExecutionContext) -> AsyncIterator[pa.RecordBatch]:
+    async for batch in run_pipeline(op, ctx, stream(op.child, ctx)):
+        yield batch
 
 
-@stream.register
-def _(op: po.LLMBatchMap, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
-    # Small input batches (the branches of a UNION ALL, say) are gathered up to `batch_rows`
-    # first: one model batch for them all rather than one each.
-    pending: list[pa.RecordBatch] = []
-    rows = 0
-
-    def evaluate(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        table = pa.Table.from_batches(batches).combine_chunks()
-        for batch in table.to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]:
-            for offset in range(0, max(batch.num_rows, 1), op.batch_rows):
-                piece = batch.slice(offset, op.batch_rows)
-                values = evaluate_rows(
-                    op.call, [piece.column(a) for a in op.arguments], ctx.runtime, ctx.stats,
-                    rows=piece.num_rows,
-                )
-                yield piece.append_column(pa.field(op.output_column, values.type), values)
-
-    for batch in _model_input(op.child, ctx):
-        pending.append(batch)
-        rows += batch.num_rows
-        if rows >= op.batch_rows:
-            yield from evaluate(pending)
-            pending, rows = [], 0
-    if pending:
-        yield from evaluate(pending)
-
-
-@stream.register
-def _(op: po.BatchSQLFilter, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
-    scratch = ctx.scratch
-    for batch in stream(op.child, ctx):
-        if batch.num_rows == 0:
-            yield batch
-            continue
-        scratch.register("__halo_batch", batch)
-        try:
-            mask = scratch.sql(f"SELECT ({op.predicate}) AS m FROM __halo_batch").to_arrow_table()
-        except duckdb.Error as exc:
-            raise duckdb_error(exc) from None
-        finally:
-            scratch.unregister("__halo_batch")
-        yield batch.filter(pc.fill_null(mask.column("m").combine_chunks(), False))
-
-
-@stream.register
-def _(op: po.ProjectOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
-    for batch in stream(op.child, ctx):
-        yield batch.select(list(op.columns))
-
-
-@stream.register
-def _(op: po.LimitOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+@_stream.register
+async def _(op: po.LimitOp, ctx: ExecutionContext) -> AsyncIterator[pa.RecordBatch]:
     remaining = op.count
     child = stream(op.child, ctx)
     try:
-        for batch in child:
+        async for batch in child:
             if batch.num_rows >= remaining:
                 yield batch.slice(0, remaining)
                 return
             remaining -= batch.num_rows
             yield batch
     finally:
-        if isinstance(child, Generator):
-            child.close()  # stop upstream work (and close DuckDB readers) right away
+        await child.aclose()  # type: ignore[attr-defined]  # stop upstream work (running rows, their requests) right away
 
 
-@stream.register
-def _(op: po.AgentLoop, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:
+@_stream.register
+async def _(op: po.AgentLoop, ctx: ExecutionContext) -> AsyncIterator[pa.RecordBatch]:
     from halo_sql.agents.loop import run_agent_loop
 
-    # Every step batches all running rows, so the whole input is read first. Reading it also
-    # closes any DuckDB result the input streams from: SQL tools use the same connection.
-    batches = [batch for batch in stream(op.child, ctx) if batch is not None]
-    yield from run_agent_loop(op, batches, ctx)
-
-
-# -- per-operator counters for EXPLAIN ANALYZE (issue 4) ------------------------------------------
-# Every stream is wrapped once, here at the end, so the operators above stay as they are: the
-# counters are inclusive (a consumer pulls its inputs while it runs); EXPLAIN subtracts inputs.
-
-
-@dataclass
-class OperatorCounters:
-    """What one physical operator did, including the work of its inputs."""
-
-    rows: int = 0
-    llm_requests: int = 0
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    output_tokens: int = 0
-    seconds: float = 0.0
-
-
-_operator_stream = stream
-
-
-def stream(op: po.PhysicalOp, ctx: ExecutionContext) -> Iterator[pa.RecordBatch]:  # type: ignore[no-redef]
-    return _counted(op, ctx, _operator_stream(op, ctx))
-
-
-def _counted(
-    op: po.PhysicalOp, ctx: ExecutionContext, inner: Iterator[pa.RecordBatch]
-) -> Iterator[pa.RecordBatch]:
-    counters = ctx.stats.operators.setdefault(op, OperatorCounters())
-    stats = ctx.stats
-    try:
-        while True:
-            before = (stats.llm_requests, stats.prompt_tokens, stats.cached_prompt_tokens, stats.output_tokens)
-            began = time.perf_counter()
-            try:
-                batch = next(inner)
-            except StopIteration:
-                return
-            finally:
-                counters.seconds += time.perf_counter() - began
-                counters.llm_requests += stats.llm_requests - before[0]
-                counters.prompt_tokens += stats.prompt_tokens - before[1]
-                counters.cached_prompt_tokens += stats.cached_prompt_tokens - before[2]
-                counters.output_tokens += stats.output_tokens - before[3]
-            if batch is not None:
-                counters.rows += batch.num_rows
-            yield batch
-    finally:
-        if isinstance(inner, Generator):
-            inner.close()
+    # Every step batches all running rows, so the whole input is read first; the loop itself
+    # blocks on model answers and tool calls, so it runs in a worker thread.
+    batches = [batch async for batch in stream(op.child, ctx) if batch is not None]
+    async with ctx.connections.acquire() as con:
+        agent_ctx = dataclasses.replace(ctx, connections=ConnectionSource.exclusive(con))
+        out = await ctx.in_thread(lambda: list(run_agent_loop(op, batches, agent_ctx)))
+    if ctx.tool_cache is None:
+        ctx.tool_cache = agent_ctx.tool_cache
+    for batch in out:
+        yield batch

@@ -53,6 +53,7 @@ def evaluate_rows(
     arrow_type = call.arrow_type
     for row, response in zip(live, responses, strict=True):
         if response.error is not None:
+            stats.failed_to_null(response)
             continue
         try:
             values[row] = to_arrow_value(call.parse_answer(response.text), arrow_type)
@@ -158,6 +159,7 @@ def _reduce(
         for (index, _), response in zip(pending, responses, strict=True):
             if response.error is not None:
                 failed.add(index)  # counted in failed_requests by the runtime
+                stats.failed_to_null(response)
             merged.setdefault(index, []).append(response.text.strip())
         finished = True
         for index, answers in merged.items():

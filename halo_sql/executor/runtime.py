@@ -1,12 +1,21 @@
-"""The LLM runtime: owns one backend per model and answers batches of requests for operators.
+"""The LLM runtime: every request of every running statement meets here on its way to a model.
 
-Within a statement, identical requests (same prompt, output type and decoding parameters) are sent
-once; new requests are sent in prompt order so that prompts sharing a prefix are adjacent and hit
-the backend's prefix cache. Every call is accounted in the statement's `StatementStats`.
+Operators ask for one request at a time (`await runtime.request(...)`), the moment a row is ready;
+there is no batch barrier. What a serving engine cannot do is done here:
+
+- identical requests are sent once: within a statement or a batch through the statement memo, and
+  across everything running in the process while a request is in flight (`ModelQueue`), so a query
+  arriving online shares the answers other queries are already waiting for;
+- requests that become ready together are handed to the engine in prompt order (shared prefixes
+  adjacent) and with the priority the plan chose (later workflow steps first);
+- a request nobody waits for any more (a LIMIT was reached, a statement was cancelled) is
+  aborted in the engine;
+- every request is accounted to the statement that asked first.
 
     >>> from halo_sql.llm.sim import SimBackend
     >>> from halo_sql.llm.base import LLMRequest
-    >>> runtime = LLMRuntime(lambda model: SimBackend())
+    >>> sim = SimBackend()
+    >>> runtime = LLMRuntime(lambda model: sim)
     >>> stats = StatementStats()
     >>> answers = runtime.generate("m", [LLMRequest("a"), LLMRequest("a")], stats)
     >>> stats.llm_requests, stats.deduplicated_requests
@@ -15,19 +24,22 @@ the backend's prefix cache. Every call is accounted in the statement's `Statemen
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import inspect
 import itertools
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any
 
 from halo_sql.errors import ModelError, QueryCancelled
+from halo_sql.llm import aio
 from halo_sql.llm.base import Backend, LLMRequest, LLMResponse
-
-T = TypeVar("T", bound=tuple[Any, LLMRequest])
 
 _samples = itertools.count()
 
@@ -45,12 +57,14 @@ def request_key(model: str, request: LLMRequest) -> bytes:
 
 
 class ResponseMemo:
-    """Answers already received in a statement, for deduplication; least recently used entries
-    are dropped past `capacity`, so memory stays flat however many rows a statement has."""
+    """Answers already received in a statement (or a whole batch: its queries share one memo),
+    for deduplication; least recently used entries are dropped past `capacity`, so memory stays
+    flat however many rows a statement has. Each entry remembers which statement paid for it."""
 
     def __init__(self, capacity: int = 50_000) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[bytes, LLMResponse] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[LLMResponse, int]] = OrderedDict()
+        self._lock = threading.Lock()  # DuckDB UDF threads and the loop both read it
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
@@ -59,16 +73,23 @@ class ResponseMemo:
         return len(self._entries)
 
     def get(self, key: bytes) -> LLMResponse | None:
-        response = self._entries.get(key)
-        if response is not None:
-            self._entries.move_to_end(key)
-        return response
+        found = self.lookup(key)
+        return found[0] if found is not None else None
 
-    def put(self, key: bytes, response: LLMResponse) -> None:
-        self._entries[key] = response
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+    def lookup(self, key: bytes) -> tuple[LLMResponse, int] | None:
+        """The answer and the id of the statement that paid for it."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: bytes, response: LLMResponse, owner: int = 0) -> None:
+        with self._lock:
+            self._entries[key] = (response, owner)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
 
 
 @dataclass
@@ -81,12 +102,18 @@ class StatementStats:
     cached_prompt_tokens: int = 0
     output_tokens: int = 0
     deduplicated_requests: int = 0
-    """Requests answered from an identical request of the same statement, never sent."""
+    """Requests answered by an identical request (of this statement, of another query of the same
+    batch, or of any statement running at the same time), never sent."""
+    shared_requests: int = 0
+    """The part of `deduplicated_requests` that another statement paid for."""
     invalid_answers: int = 0
     """Answers that broke the output type; their values are NULL."""
     failed_requests: int = 0
     """Requests the backend could not answer (e.g. prompt longer than the context window)."""
     backend_calls: int = 0
+    """Hand-overs to a backend that carried this statement's requests: the requests that became
+    ready in one round of the event loop go to the engine together (as one batch for backends
+    that only answer whole batches)."""
     agent_steps: int = 0
     """Batched model steps of agent operators (one runtime call each, for every running row)."""
     tool_calls: int = 0
@@ -98,11 +125,21 @@ class StatementStats:
     rows_out: int = 0
     seconds: float = 0.0
     llm_seconds: float = 0.0
+    """Sum over requests of the time from submission to answer (requests overlap, so this can
+    exceed `seconds`)."""
+    planning_seconds: float = 0.0
+    """Parsing, binding and optimizing the statement."""
+    first_failure: str | None = field(default=None, repr=False)
+    """The cause of the first failed request whose value became NULL."""
+    null_failures: int = field(default=0, repr=False)
+    """Failed requests whose values became NULL (agents report theirs in their rows' `error`
+    instead): with `llm_failures = 'raise'` (the default) the statement then fails."""
     memo: ResponseMemo = field(default_factory=ResponseMemo, repr=False)
+    last_call: tuple[int, int] = field(default=(0, 0), repr=False)
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     progress: Callable[[StatementStats], None] | None = field(default=None, repr=False)
     operators: dict[Any, Any] = field(default_factory=dict, repr=False)
-    """Physical operator -> its counters (executor.engine.OperatorCounters; EXPLAIN ANALYZE)."""
+    """id(logical plan node) -> its counters (executor.engine.OperatorCounters; EXPLAIN ANALYZE)."""
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
@@ -112,164 +149,321 @@ class StatementStats:
     def merge(self, other: StatementStats) -> None:
         for key in (
             "llm_requests", "prompt_tokens", "cached_prompt_tokens", "output_tokens",
-            "deduplicated_requests", "invalid_answers", "failed_requests", "backend_calls",
-            "agent_steps", "tool_calls", "deduplicated_tool_calls", "tool_errors",
+            "deduplicated_requests", "shared_requests", "invalid_answers", "failed_requests",
+            "backend_calls", "agent_steps", "tool_calls", "deduplicated_tool_calls", "tool_errors",
+            "llm_seconds", "planning_seconds", "null_failures",
         ):
             setattr(self, key, getattr(self, key) + getattr(other, key))
+        if self.first_failure is None:
+            self.first_failure = other.first_failure
+
+    def account(self, response: LLMResponse, seconds: float) -> None:
+        """Charge one answered request to this statement."""
+        self.llm_requests += 1
+        self.prompt_tokens += response.prompt_tokens
+        self.cached_prompt_tokens += response.cached_prompt_tokens
+        self.output_tokens += response.output_tokens
+        self.llm_seconds += seconds
+        if response.error is not None:
+            self.failed_requests += 1
+
+    def failed_to_null(self, response: LLMResponse) -> None:
+        """A failed request's value became NULL (see `null_failures`)."""
+        self.null_failures += 1
+        if self.first_failure is None:
+            self.first_failure = response.error
 
 
-class BatchSizer:
-    """How many requests go to a backend in one call: adaptive batching.
+@dataclass
+class _Waiter:
+    stats: StatementStats | None
+    cancelled: bool = False
 
-    The first size comes from the profile: enough requests to fill the KV cache `waves` times
-    (prompt + output tokens of the requests in flight are what the cache holds), so the engine
-    always has the next wave queued; then it follows measured throughput: the size grows by half
-    while requests/s keeps improving, and shrinks back to the best size seen when throughput
-    falls by more than a fifth. Sizes stay within [min_size, max_size].
 
-    >>> sizer = BatchSizer(kv_cache_tokens=8192, waves=2, min_size=8, max_size=4096)
-    >>> sizer.size(average_request_tokens=128)
-    128
-    >>> sizer.observe(128, seconds=1.0); sizer.size(128)      # 128 req/s: try bigger
-    192
-    >>> sizer.observe(192, seconds=3.0); sizer.size(128)      # 64 req/s: back to the best
-    128
+class _Flight:
+    """One request on its way to a backend, and everyone waiting for its answer."""
+
+    def __init__(self, key: bytes, request: LLMRequest, priority: int) -> None:
+        self.key = key
+        self.request = request
+        self.priority = priority
+        self.future: asyncio.Future[tuple[LLMResponse, float, int]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.waiters: list[_Waiter] = []
+        self.task: asyncio.Task[Any] | None = None
+
+    def payer(self) -> _Waiter | None:
+        """Who pays: the first waiter still waiting."""
+        return next((w for w in self.waiters if not w.cancelled), None)
+
+
+class ModelQueue:
+    """The way into one backend instance, shared by the whole process (`queue_for`).
+
+    Requests submitted while the event loop runs one round of ready tasks are released together
+    at the end of the round, sorted by (priority, prompt): a burst of requests enters the engine
+    with shared prefixes adjacent. Identical requests in flight are sent once. Backends without
+    an `agenerate` (batch-only test doubles, older backends) get each round's requests as one
+    `generate` call in a worker thread.
     """
 
-    def __init__(
-        self,
-        *,
-        kv_cache_tokens: int = 65_536,
-        waves: int = 2,
-        min_size: int = 8,
-        max_size: int = 4096,
-    ) -> None:
-        self.kv_cache_tokens = kv_cache_tokens
-        self.waves = waves
-        self.min_size = min_size
-        self.max_size = max_size
-        self._current: int | None = None
-        self._best: tuple[float, int] | None = None  # (requests per second, size)
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._async = inspect.iscoroutinefunction(getattr(backend, "agenerate", None))
+        self._inflight: dict[bytes, _Flight] = {}
+        self._pending: list[_Flight] = []
+        self._scheduled = False
+        self._batch_lock = threading.Lock()
+        self.calls = 0
 
-    def size(self, average_request_tokens: float) -> int:
-        if self._current is None:
-            fit = self.kv_cache_tokens * self.waves / max(average_request_tokens, 1.0)
-            self._current = int(min(self.max_size, max(self.min_size, fit)))
-        return self._current
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
 
-    def observe(self, requests: int, seconds: float) -> None:
-        """Record one backend call; only calls that filled the current size say anything."""
-        if self._current is None or requests < self._current or seconds <= 0:
+    async def submit(
+        self, key: bytes, request: LLMRequest, stats: StatementStats | None, priority: int = 0
+    ) -> tuple[LLMResponse, float, int, bool, StatementStats | None]:
+        """The answer, the seconds it took, the id of the backend call that answered it, whether
+        this submission pays for it and the statement that does."""
+        flight = self._inflight.get(key)
+        if flight is None:
+            flight = _Flight(key, request, priority)
+            self._inflight[key] = flight
+            self._pending.append(flight)
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._release)
+        waiter = _Waiter(stats)
+        flight.waiters.append(waiter)
+        try:
+            response, seconds, call = await asyncio.shield(flight.future)
+        except asyncio.CancelledError:
+            waiter.cancelled = True
+            if flight.payer() is None:  # nobody wants the answer any more: stop the work
+                self._abandon(flight)
+            raise
+        payer = flight.payer()
+        if payer is None:
+            return response, seconds, call, True, stats
+        return response, seconds, call, payer is waiter, payer.stats
+
+    def _abandon(self, flight: _Flight) -> None:
+        if self._inflight.get(flight.key) is flight:
+            del self._inflight[flight.key]
+        if flight in self._pending:
+            self._pending.remove(flight)
+        if flight.task is not None and not flight.task.done():
+            flight.task.cancel()  # an engine driver aborts the request in the engine
+        if not flight.future.done():
+            flight.future.cancel()
+
+    def _release(self) -> None:
+        self._scheduled = False
+        batch = sorted(self._pending, key=lambda f: (f.priority, f.request.prompt))
+        self._pending = []
+        if not batch:
             return
-        rate = requests / seconds
-        if self._best is None or rate >= self._best[0]:
-            self._best = (rate, self._current)
-            self._current = min(self.max_size, int(self._current * 1.5))
-        elif rate < 0.8 * self._best[0]:
-            self._current = self._best[1]
+        loop = asyncio.get_running_loop()
+        self.calls += 1  # one hand-over: what a batch-era "backend call" was
+        if self._async:
+            for flight in batch:
+                flight.task = loop.create_task(self._answer_one(flight, self.calls))
+        else:
+            task = loop.create_task(self._answer_batch(batch))
+            for flight in batch:
+                flight.task = task
+
+    async def _answer_one(self, flight: _Flight, call: int) -> None:
+        began = time.perf_counter()
+        try:
+            response = await self.backend.agenerate(flight.request, priority=flight.priority)
+        except asyncio.CancelledError:
+            self._finish(flight, error=asyncio.CancelledError())
+            raise
+        except BaseException as exc:  # every waiter gets the failure; nobody hangs
+            self._finish(flight, error=_named(exc, self.backend))
+            return
+        self._finish(flight, result=(response, time.perf_counter() - began, call))
+
+    async def _answer_batch(self, batch: list[_Flight]) -> None:
+        began = time.perf_counter()
+        call = self.calls
+        requests = [f.request for f in batch]
+
+        def answer() -> list[LLMResponse]:
+            with self._batch_lock:  # such backends answer one batch at a time
+                return list(self.backend.generate(requests))
+
+        try:
+            responses = await asyncio.get_running_loop().run_in_executor(None, answer)
+        except BaseException as exc:
+            for flight in batch:
+                self._finish(flight, error=_named(exc, self.backend))
+            return
+        seconds = time.perf_counter() - began
+        for flight, response in zip(batch, responses, strict=True):
+            self._finish(flight, result=(response, seconds, call))
+
+    def _finish(
+        self,
+        flight: _Flight,
+        *,
+        result: tuple[LLMResponse, float, int] | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        if self._inflight.get(flight.key) is flight:
+            del self._inflight[flight.key]
+        if flight.future.done():
+            return
+        if error is not None:
+            if isinstance(error, asyncio.CancelledError):
+                flight.future.cancel()
+            else:
+                flight.future.set_exception(error)
+                flight.future.exception()  # retrieved: no "never retrieved" noise if unwaited
+        else:
+            flight.future.set_result(result)  # type: ignore[arg-type]
+
+
+class BackendFailure(Exception):
+    """A backend raised instead of answering (each waiting statement names its model)."""
+
+    def __init__(self, cause: BaseException, backend: Backend) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.backend_name = getattr(backend, "name", type(backend).__name__)
+
+
+def _named(exc: BaseException, backend: Backend) -> BaseException:
+    if isinstance(exc, QueryCancelled):
+        return exc
+    failure = BackendFailure(exc, backend)
+    failure.__cause__ = exc
+    return failure
+
+
+_queues: dict[int, ModelQueue] = {}
+_queues_lock = threading.Lock()
+
+
+def queue_for(backend: Backend) -> ModelQueue:
+    """The process-wide queue of one backend instance (dropped with the backend)."""
+    key = id(backend)
+    with _queues_lock:
+        queue = _queues.get(key)
+        if queue is not None and queue.backend is backend:
+            return queue
+        queue = _queues[key] = ModelQueue(backend)
+    # A backend that cannot be weakly referenced keeps its queue for the process's life.
+    with contextlib.suppress(TypeError):
+        weakref.finalize(backend, _forget, key, queue)
+    return queue
+
+
+def _forget(key: int, queue: ModelQueue) -> None:
+    with _queues_lock:
+        if _queues.get(key) is queue:
+            del _queues[key]
 
 
 class LLMRuntime:
-    """Routes batches to backends (one per model), deduplicates, orders, and accounts."""
+    """Answers requests for operators: statement memo, in-flight sharing, accounting.
+
+    `backend_for(model)` names the backend of a model; every statement's requests for that
+    backend go through its process-wide `ModelQueue`.
+    """
 
     def __init__(
-        self,
-        backend_for: Callable[[str], Backend],
-        *,
-        max_batch: int = 4096,
-        sizer_for: Callable[[str], BatchSizer] | None = None,
+        self, backend_for: Callable[[str], Backend], *, max_concurrency: int | None = None
     ) -> None:
         self._backend_for = backend_for
-        self.max_batch = max_batch
-        self._sizer_for = sizer_for or (lambda model: BatchSizer(max_size=max_batch))
-        self._sizers: dict[str, BatchSizer] = {}
-        """One per model: chooses each call's size within `max_batch` (see BatchSizer)."""
-        """Largest batch handed to a backend in one call (bounds memory and cancel latency)."""
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self.max_concurrency = max_concurrency
+        """At most this many of this runtime's requests wait for answers at once (None: no
+        limit; 1 gives one request at a time, the `naive` benchmark system)."""
+        self._slots: asyncio.Semaphore | None = None
 
     def backend(self, model: str) -> Backend:
         return self._backend_for(model)
 
+    async def request(
+        self,
+        model: str,
+        request: LLMRequest,
+        stats: StatementStats,
+        *,
+        priority: int = 0,
+        counters: Any = None,
+    ) -> LLMResponse:
+        """The answer to one request (call on the halo loop). `counters` (an operator's
+        OperatorCounters) is charged too when this statement pays for the request."""
+        if stats.cancel.is_set():
+            raise QueryCancelled("statement cancelled; answers received so far are kept")
+        key = request_key(model, request)
+        me = id(stats)
+        known = stats.memo.lookup(key)
+        if known is not None:
+            stats.deduplicated_requests += 1
+            if known[1] != me:
+                stats.shared_requests += 1
+            return known[0]
+        backend = self._backend_for(model)
+        queue = queue_for(backend)
+        try:
+            if self.max_concurrency is not None:
+                if self._slots is None:
+                    self._slots = asyncio.Semaphore(self.max_concurrency)
+                async with self._slots:
+                    answer = await queue.submit(key, request, stats, priority)
+            else:
+                answer = await queue.submit(key, request, stats, priority)
+        except BackendFailure as failure:
+            if isinstance(failure.cause, ModelError):
+                raise failure.cause from None
+            raise ModelError(
+                f"model {model!r} ({failure.backend_name}) failed: {failure.cause}"
+            ) from failure.cause
+        response, seconds, call, paid, payer = answer
+        if paid:
+            stats.account(response, seconds)
+            if (id(queue), call) != stats.last_call:
+                # Requests a batch-only backend answered in one call come back together.
+                stats.backend_calls += 1
+                stats.last_call = (id(queue), call)
+            if counters is not None:
+                counters.charge(response)
+            stats.memo.put(key, response, me)
+            if stats.progress is not None:
+                stats.progress(stats)
+        else:
+            stats.deduplicated_requests += 1
+            if payer is not stats:
+                stats.shared_requests += 1
+            stats.memo.put(key, response, id(payer))
+        return response
+
+    async def agenerate(
+        self,
+        model: str,
+        requests: Sequence[LLMRequest],
+        stats: StatementStats,
+        *,
+        priority: int = 0,
+        counters: Any = None,
+    ) -> list[LLMResponse]:
+        """Answers for `requests`, in order, all submitted at once."""
+        return list(
+            await asyncio.gather(
+                *(self.request(model, r, stats, priority=priority, counters=counters)
+                  for r in requests)
+            )
+        )
+
     def generate(
         self, model: str, requests: Sequence[LLMRequest], stats: StatementStats
     ) -> list[LLMResponse]:
-        """Answers for `requests` in order; each distinct request is sent at most once per statement."""
-        if stats.cancel.is_set():
-            raise QueryCancelled("statement cancelled")
-        keys = [request_key(model, r) for r in requests]
-        answers: dict[bytes, LLMResponse] = {}
-        fresh: dict[bytes, LLMRequest] = {}
-        for key, request in zip(keys, requests, strict=True):
-            known = stats.memo.get(key)
-            if known is not None or key in fresh or key in answers:
-                stats.deduplicated_requests += 1
-                if known is not None:
-                    answers[key] = known
-            else:
-                fresh[key] = request
-        # Prompt order puts prompts sharing a prefix next to each other (a DFS of their trie).
-        ordered = sorted(fresh.items(), key=lambda item: item[1].prompt)
-        for chunk in self.chunks(model, ordered):
-            if stats.cancel.is_set():
-                raise QueryCancelled("statement cancelled; answers received so far are kept")
-            responses, elapsed = self.call_backend(model, [r for _, r in chunk])
-            stats.llm_seconds += elapsed
-            stats.backend_calls += 1
-            for (key, _), response in zip(chunk, responses, strict=True):
-                stats.memo.put(key, response)
-                answers[key] = response
-                stats.llm_requests += 1
-                stats.prompt_tokens += response.prompt_tokens
-                stats.cached_prompt_tokens += response.cached_prompt_tokens
-                stats.output_tokens += response.output_tokens
-                if response.error is not None:
-                    stats.failed_requests += 1
-            if stats.progress is not None:
-                stats.progress(stats)
-        return [answers[key] for key in keys]
-
-    def call_backend(
-        self, model: str, requests: list[LLMRequest]
-    ) -> tuple[list[LLMResponse], float]:
-        """One backend call, serialized per model: its answers and its seconds. The call's
-        throughput feeds the model's batch sizer; a failure names the model."""
-        backend = self._backend_for(model)
-        with self._lock_for(model):
-            began = time.perf_counter()
-            try:
-                responses = backend.generate(requests)
-            except ModelError:
-                raise
-            except Exception as exc:  # a backend failure must name the model, not crash deep
-                raise ModelError(
-                    f"model {model!r} failed on a batch of {len(requests)}: {exc}"
-                ) from exc
-            elapsed = time.perf_counter() - began
-        self.sizer(model).observe(len(requests), elapsed)
-        return responses, elapsed
-
-    def sizer(self, model: str) -> BatchSizer:
-        sizer = self._sizers.get(model)
-        if sizer is None:
-            # Built outside the lock: the factory may be another runtime's `sizer` (a batch
-            # shares its session's sizers), which takes a lock of its own.
-            built = self._sizer_for(model)
-            with self._locks_guard:
-                sizer = self._sizers.setdefault(model, built)
-        return sizer
-
-    def chunks(self, model: str, items: list[T]) -> Iterator[list[T]]:
-        """`items` (pairs whose second element is an LLMRequest) cut into backend calls whose
-        size the sizer chooses, re-asked after every call so it can adapt."""
-        start = 0
-        while start < len(items):
-            sample = items[start : start + 64]
-            average = sum(len(r.prompt) / 4 + r.params.max_tokens for _, r in sample) / len(sample)
-            size = max(1, min(self.max_batch, self.sizer(model).size(average)))
-            yield items[start : start + size]
-            start += size
-
-    def _lock_for(self, model: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(model, threading.Lock())
+        """Synchronous `agenerate`, for code running off the loop (DuckDB functions, agent
+        loops, the optimizer's samples)."""
+        if not requests:
+            return []
+        return aio.run(self.agenerate(model, requests, stats))

@@ -99,7 +99,7 @@ class LLMFunctions:
         self.connection = con
         self.session = session
         """Holds the models (default, and those of `halo_catalog.models` in this database)."""
-        self.runtime = LLMRuntime(session.backend, max_batch=batch_size)
+        self.runtime = LLMRuntime(session.backend)
         self.totals = StatementStats()
         self.vectors = 0
         self._lock = threading.Lock()

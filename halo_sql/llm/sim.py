@@ -61,6 +61,7 @@ class SimBackend:
         long (see `_SimEngine`); 0 answers at once."""
         self.max_num_seqs = max_num_seqs
         self._engine: _SimEngine | None = None
+        self._slow: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self.counters = EngineCounters()
         self._lock = threading.Lock()
         self.calls = 0
@@ -89,6 +90,12 @@ class SimBackend:
             self.calls += 1
             self.counters.requests += 1
             response = self._answer(request)
+        if self._latency > 0:
+            # Slow on purpose (Ctrl-C tests): requests take their latency one after another.
+            if self._slow is None or self._slow[0] is not asyncio.get_running_loop():
+                self._slow = (asyncio.get_running_loop(), asyncio.Lock())
+            async with self._slow[1]:
+                await asyncio.sleep(self._latency)
         if self.step_seconds <= 0:
             await asyncio.sleep(0)  # let other coroutines run, as a real driver's await would
             return response

@@ -152,7 +152,8 @@ def schema_to_arrow(schema: dict[str, Any]) -> pa.DataType:
             return pa.string()
         return pa.struct([pa.field(name, schema_to_arrow(sub)) for name, sub in props.items()])
     if kind == "array":
-        return pa.list_(schema_to_arrow(schema.get("items") or {"type": "string"}))
+        # DuckDB names a list's child field "l": results then look the same whichever runs it.
+        return pa.list_(pa.field("l", schema_to_arrow(schema.get("items") or {"type": "string"})))
     return {
         "string": pa.string(),
         "integer": pa.int64(),

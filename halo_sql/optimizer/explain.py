@@ -19,7 +19,7 @@ from halo_sql.optimizer.memo import GroupRef
 
 Actual = Callable[[lp.PlanNode], Any]
 """Measured counters of an operator (attributes rows, llm_requests, prompt_tokens,
-cached_prompt_tokens, output_tokens, seconds; inclusive of its inputs), or None."""
+cached_prompt_tokens, output_tokens, seconds; its own work, not its inputs'), or None."""
 
 _COUNTERS = ("llm_requests", "prompt_tokens", "cached_prompt_tokens", "output_tokens")
 
@@ -56,19 +56,14 @@ def _estimate_text(e: OpEstimate) -> str:
 
 
 def _exclusive(node: lp.PlanNode, actual: Actual) -> dict[str, float] | None:
-    """Counters of `node` alone: its inclusive counters minus its inputs' (work happens while a
-    consumer pulls, so a parent's counters include its children's)."""
+    """Counters of `node` alone. The executor charges each request to the operator that made it
+    and counts the rows each operator emitted; `seconds` is the operator's own span from first
+    pull to end (operators run concurrently, so spans overlap)."""
     mine = actual(node)
     if mine is None:
         return None
     out = {k: float(getattr(mine, k, 0)) for k in (*_COUNTERS, "seconds")}
     out["rows"] = float(getattr(mine, "rows", 0))
-    for child in node.children:
-        theirs = actual(child)
-        if theirs is None:
-            continue
-        for key in (*_COUNTERS, "seconds"):
-            out[key] -= float(getattr(theirs, key, 0))
     return out
 
 

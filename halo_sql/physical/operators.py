@@ -6,11 +6,12 @@ of Arrow record batches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from halo_sql.agents.spec import AgentSpec, ToolSpec
 from halo_sql.logical.llm_call import LLMCall
 from halo_sql.logical.plan import LLMUdf
+from halo_sql.physical.rowlocal import RowLocalSQL
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class DuckDBSubplan(PhysicalOp):
     inputs: tuple[PhysicalInput, ...]
     udfs: tuple[LLMUdf, ...]
     batch_rows: int
+    origin: int = field(default=0, compare=False)
 
     @property
     def children(self) -> tuple[PhysicalOp, ...]:
@@ -41,45 +43,64 @@ class DuckDBSubplan(PhysicalOp):
 
 
 @dataclass(frozen=True)
-class LLMBatchFilter(PhysicalOp):
-    child: PhysicalOp
+class LLMStage:
+    """One LLM call per row: a map adds `output_column`, a filter keeps rows answered yes."""
+
     call: LLMCall
     arguments: tuple[str, ...]
-    batch_rows: int
-    limit_hint: int | None
+    """Row columns holding the slot values (VARCHAR), in slot order."""
+    output_column: str | None
+    """None for a filter."""
+    origin: int = field(default=0, compare=False)
+    """id() of the logical node this stage runs (EXPLAIN ANALYZE counters)."""
 
     @property
-    def children(self) -> tuple[PhysicalOp, ...]:
-        return (self.child,)
+    def is_filter(self) -> bool:
+        return self.output_column is None
+
+    def describe(self) -> str:
+        if self.is_filter:
+            return f"LLM filter {self.call.describe()}"
+        return f"LLM map {self.output_column} = {self.call.describe()}"
 
 
 @dataclass(frozen=True)
-class LLMBatchMap(PhysicalOp):
-    child: PhysicalOp
-    call: LLMCall
-    arguments: tuple[str, ...]
-    output_column: str
-    batch_rows: int
+class SQLStage:
+    """Row-local SQL (a projection and/or predicate) applied to each row as it arrives."""
 
-    @property
-    def children(self) -> tuple[PhysicalOp, ...]:
-        return (self.child,)
+    sql: RowLocalSQL
+    origin: int = field(default=0, compare=False)
+
+    def describe(self) -> str:
+        return f"SQL {self.sql.describe()}"
 
 
 @dataclass(frozen=True)
-class BatchSQLFilter(PhysicalOp):
-    child: PhysicalOp
-    predicate: str
+class ProjectStage:
+    """Keep only these columns."""
 
-    @property
-    def children(self) -> tuple[PhysicalOp, ...]:
-        return (self.child,)
-
-
-@dataclass(frozen=True)
-class ProjectOp(PhysicalOp):
-    child: PhysicalOp
     columns: tuple[str, ...]
+    origin: int = field(default=0, compare=False)
+
+    def describe(self) -> str:
+        return f"project {list(self.columns)}"
+
+
+Stage = LLMStage | SQLStage | ProjectStage
+
+
+@dataclass(frozen=True)
+class RowPipeline(PhysicalOp):
+    """A chain of per-row steps run row by row: each input row goes through `stages` on its
+    own, so a row whose answer arrived moves to its next LLM step while other rows are still
+    decoding (halo_sql.executor.pipeline). Output rows keep their input order."""
+
+    child: PhysicalOp
+    stages: tuple[Stage, ...]
+    limit_hint: int | None = None
+    """A consumer needs only this many rows: admit input rows at about the pace they pass."""
+    max_in_flight: int = 4096
+    """Rows admitted but not yet emitted (bounds memory and engine queue)."""
 
     @property
     def children(self) -> tuple[PhysicalOp, ...]:
@@ -90,6 +111,7 @@ class ProjectOp(PhysicalOp):
 class LimitOp(PhysicalOp):
     child: PhysicalOp
     count: int
+    origin: int = field(default=0, compare=False)
 
     @property
     def children(self) -> tuple[PhysicalOp, ...]:
@@ -106,6 +128,7 @@ class AgentLoop(PhysicalOp):
     input_columns: tuple[str, ...]
     batch_rows: int
     """Rows per output batch."""
+    origin: int = field(default=0, compare=False)
 
     @property
     def children(self) -> tuple[PhysicalOp, ...]:
