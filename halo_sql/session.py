@@ -46,11 +46,13 @@ from halo_sql.llm.base import Backend
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
 from halo_sql.logical.functions import LLM_FUNCTION_NAMES
+from halo_sql.logical.instantiate import instantiate
 from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain_consolidated
 from halo_sql.optimizer import OptimizerSettings, for_batch, optimize
 from halo_sql.optimizer.explain import explain_json, explain_text
 from halo_sql.optimizer.session_context import SessionContext
 from halo_sql.optimizer.settings import apply_setting, is_optimizer_setting
+from halo_sql.parser.shapes import shape_of
 from halo_sql.parser.statements import (
     AgentStatement,
     CreateModel,
@@ -67,6 +69,9 @@ from halo_sql.physical.planner import PhysicalSettings, physical_plan
 
 Params = Sequence[Any] | Mapping[str, Any] | None
 
+_PROTECTED_CALLS = frozenset(LLM_FUNCTION_NAMES)
+"""Calls whose arguments are part of a query's shape (templates, labels, options); of agent
+calls only the direct arguments are (their input query's literals are values)."""
 _LLM_NAME = re.compile(
     r"\b(" + "|".join(sorted(LLM_FUNCTION_NAMES | AGENT_NAMES)) + r")\s*\(", re.I
 )
@@ -412,15 +417,48 @@ class Session:
         self.last_stats = batch.total_stats()
         return batch
 
-    def plan_for_batch(self, sql: str, params: Params, stats: StatementStats) -> StatementPlan:
-        """Plan one query of a batch (the batch driver calls it in input order)."""
+    def plan_for_batch(
+        self,
+        sql: str,
+        params: Params,
+        stats: StatementStats,
+        shapes: dict[str, StatementPlan | None] | None = None,
+    ) -> StatementPlan:
+        """Plan one query of a batch (the batch driver calls it in input order).
+
+        With `shapes` (one dict per batch segment: the catalog does not change within it),
+        queries that differ only in literal values share one plan: the first query of a shape
+        is planned, the shape with sentinel values too, and when the sentinel plan with the first
+        query's values put back equals that query's plan, every later query of the shape gets
+        the sentinel plan with its own values (halo_sql.parser.shapes) instead of a planning run.
+        """
         statements = split_statements(sql)
         if len(statements) != 1:
             raise ProgrammingError(f"a batch item must be one statement, got {len(statements)}")
+        statement = statements[0]
         with self._lock:
             previous, self._current = self._current, stats
             try:
-                return self._plan(statements[0], statements[0].text, params, batch=True)
+                shape = (
+                    shape_of(statement.text, _PROTECTED_CALLS, params, shallow_calls=AGENT_NAMES)
+                    if shapes is not None and _LLM_NAME.search(statement.text)
+                    else None
+                )
+                if shape is None or shapes is None:
+                    return self._plan(statement, statement.text, params, batch=True)
+                if shape.key in shapes:
+                    shaped = shapes[shape.key]
+                    if shaped is not None:
+                        return instantiate(shaped, shape.substitute)
+                    return self._plan(statement, statement.text, params, batch=True)
+                plan = self._plan(statement, statement.text, params, batch=True)
+                shapes[shape.key] = None
+                sentinel = split_statements(shape.sentinel_sql)[0]
+                with contextlib.suppress(HaloError, duckdb.Error):
+                    shaped = self._plan(sentinel, sentinel.text, None, batch=True)
+                    if instantiate(shaped, shape.substitute).root == plan.root:
+                        shapes[shape.key] = shaped
+                return plan
             except duckdb.Error as exc:
                 raise duckdb_error(exc) from None
             except HaloError:

@@ -118,7 +118,9 @@ class BatchSession(Protocol):
 
     def execute(self, sql: str, params: Any = None) -> Result: ...
 
-    def plan_for_batch(self, sql: str, params: Any, stats: StatementStats) -> Any: ...
+    def plan_for_batch(
+        self, sql: str, params: Any, stats: StatementStats, shapes: dict[str, Any] | None = None
+    ) -> Any: ...
 
     async def arun_plan(
         self,
@@ -207,6 +209,7 @@ class BatchRun:
             with self._lock:
                 self._connections.append(connections)
             waiting: list[tuple[int, concurrent.futures.Future[Any]]] = []
+            shapes: dict[str, Any] = {}  # query shapes planned in this segment
             try:
                 for index in segment:
                     if self._cancelled:
@@ -216,7 +219,7 @@ class BatchRun:
                     sql, params = self.items[index]
                     plan_began = time.perf_counter()
                     try:
-                        plan = self.session.plan_for_batch(sql, params, result.stats)
+                        plan = self.session.plan_for_batch(sql, params, result.stats, shapes)
                     except BaseException as exc:
                         result.error = _as_halo(exc)
                         finished(result)
