@@ -52,7 +52,7 @@ from halo_sql.logical.plan import (
     SQLFilter,
     StatementPlan,
 )
-from halo_sql.logical.sqlexpr import conjuncts
+from halo_sql.logical.sqlexpr import conjuncts, drop_unused_ctes, row_local_select
 
 DIALECT = "duckdb"
 ROW_ALIAS = "__halo_r"
@@ -110,6 +110,8 @@ class PlanBuilder:
         self.inputs: dict[str, NamedInput] = {}
         self.udfs: dict[str, LLMUdf] = {}
         self._udf_names: dict[str, str] = {}
+        self.llm_columns: dict[str, str] = {}
+        """Column name of each distinct lifted call (call and slot SQL), across blocks."""
         self.qualified = False
 
     # -- entry point -------------------------------------------------------------------------
@@ -251,7 +253,7 @@ class PlanBuilder:
             if contains_llm_call(source.this):
                 name = self._plan_subquery(source.this, scope_ctes)
                 alias = source.alias_or_name
-                source.replace(exp.to_table(name).as_(alias) if alias else exp.to_table(name))
+                source.replace(_table(name, alias))
         return self._plan_select(query, ctes=ctes, scope_ctes=scope_ctes)
 
     def _plan_subquery(self, query: exp.Expr, ctes: list[exp.CTE]) -> str:
@@ -319,7 +321,9 @@ class PlanBuilder:
         for site in liftable:
             key = repr((site.call, [e.sql(DIALECT) for e in site.slot_exprs]))
             if key not in columns:
-                column = self.names.next("__llm")
+                # The same call on the same slots gets the same column name in every block, so
+                # equal CTEs or derived tables are equal plans (share_identical_subplans).
+                column = self.llm_columns.setdefault(key, self.names.next("__llm"))
                 columns[key] = column
                 args = []
                 for slot_expr in site.slot_exprs:
@@ -408,7 +412,7 @@ class PlanBuilder:
         self.inputs[rows_name] = NamedInput(rows_name, node)
         residual = select
         residual.set("joins", None)
-        residual.set("from_", exp.From(this=exp.to_table(rows_name).as_(ROW_ALIAS)))
+        residual.set("from_", exp.From(this=_table(rows_name, ROW_ALIAS)))
         _rewrite_to_rows(residual, aliases, site_column, qualify_rows=True)
         return self._duckdb(residual, ctes=ctes)
 
@@ -531,6 +535,11 @@ class PlanBuilder:
 
     def _duckdb(self, query: exp.Expr, ctes: Sequence[exp.CTE] = ()) -> DuckDBQuery:
         standalone = _with_ctes(query, ctes)
+        if isinstance(standalone, exp.Query):
+            standalone = self._read_through_row_local_inputs(standalone.copy())
+            # Only the CTEs the query reads: a dead one would still make its named input (and
+            # the LLM work that computes it) part of the plan.
+            drop_unused_ctes(standalone)
         sql = standalone.sql(DIALECT)
         referenced = {t.name for t in standalone.find_all(exp.Table)}
         names = {n.this for n in standalone.find_all(exp.Anonymous)}
@@ -539,7 +548,109 @@ class PlanBuilder:
         return DuckDBQuery(sql, inputs, udfs)
 
 
+    def _read_through_row_local_inputs(self, query: exp.Query) -> exp.Query:
+        """`query` reading the input of each named input that is only a row-local SELECT over
+        one other input (the residual query of a CTE or derived table computed by LLM
+        operators), so that a chain of CTEs is one chain of operators:
+
+            WITH s AS (SELECT "k", "summary" FROM __halo_in_2) SELECT s.k AS "s.k" FROM s AS s
+              __halo_in_2: SELECT __halo_r."t.k" AS k, __halo_r."__llm_0" AS summary
+                           FROM __halo_rows_1 AS __halo_r
+        becomes
+            SELECT __halo_r."t.k" AS "s.k" FROM __halo_rows_1 AS __halo_r
+
+        (flattened with sqlglot's merge_subqueries when the columns can be qualified; else the
+        input's SELECT stays a derived table of the query). A query reading a named input
+        through CTEs is flattened too, so the step between two LLM operators of a chain is a
+        plain SELECT over one input wherever the SQL allows (`row_local_select`)."""
+        replaced = reads_input = False
+        for table in list(query.find_all(exp.Table)):
+            named = self.inputs.get(table.name)
+            if named is None or table.args.get("db"):
+                continue
+            reads_input = True
+            if not isinstance(named.plan, DuckDBQuery):
+                continue
+            plan = named.plan
+            if plan.udfs or len(plan.inputs) != 1:
+                continue
+            body = row_local_select(plan.sql, plan.inputs[0].name)
+            if body is None:
+                continue
+            alias = exp.TableAlias(this=exp.to_identifier(table.alias or table.name))
+            table.replace(exp.Subquery(this=body, alias=alias))
+            replaced = True
+        if not replaced and not (reads_input and query.args.get("with_")):
+            return query
+        return self._flatten(query) or query
+
+    def _flatten(self, query: exp.Query) -> exp.Query | None:
+        """`query` with derived tables and CTEs merged into their readers where sqlglot's
+        merge_subqueries can (None if the columns cannot be qualified)."""
+        from sqlglot.optimizer.merge_subqueries import merge_subqueries
+
+        schema: dict[str, object] = {}
+        cte_names = {cte.alias_or_name.lower() for cte in query.find_all(exp.CTE)}
+        for table in query.find_all(exp.Table):
+            name = table.name
+            if name.lower() in cte_names or name in schema:
+                continue
+            if table.args.get("db") or table.args.get("catalog"):
+                return None
+            if name in self.inputs:
+                columns = _plan_columns(self.inputs[name].plan)
+                if columns is None:
+                    return None
+                schema[name] = {c: "VARCHAR" for c in columns}
+                continue
+            catalog_columns = self.catalog.table_columns(table)
+            if catalog_columns is None:
+                return None
+            schema[name] = dict(catalog_columns)
+        try:
+            qualified = qualify(
+                query,
+                schema=schema,
+                dialect=DIALECT,
+                validate_qualify_columns=True,
+                quote_identifiers=False,
+                identify=False,
+            )
+            merged = merge_subqueries(qualified)
+        except (OptimizeError, SqlglotError, KeyError, ValueError):
+            return None
+        return merged if isinstance(merged, exp.Query) else None
+
+
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _table(name: str, alias: str | None = None) -> exp.Table:
+    """`name AS alias` as sqlglot parses it (a TableAlias, which its optimizer expects)."""
+    table = exp.to_table(name)
+    if alias:
+        table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+    return table
+
+
+def _plan_columns(node: PlanNode) -> list[str] | None:
+    """Output columns of a plan the builder made (None when its SQL does not tell)."""
+    if isinstance(node, DuckDBQuery):
+        try:
+            tree = sqlglot.parse_one(node.sql, read=DIALECT)
+        except SqlglotError:
+            return None
+        if not isinstance(tree, exp.Query) or "*" in tree.named_selects:
+            return None
+        return list(tree.named_selects)
+    if isinstance(node, Project):
+        return list(node.columns)
+    if isinstance(node, LLMMap):
+        below = _plan_columns(node.child)
+        return None if below is None else [*below, node.output_column]
+    if isinstance(node, LLMFilter | SQLFilter | Limit):
+        return _plan_columns(node.children[0])
+    return None
 
 
 def _select_from(name: str, original: exp.Expr) -> exp.Select:

@@ -24,13 +24,9 @@ from sqlglot.optimizer.pushdown_predicates import pushdown_predicates
 from sqlglot.optimizer.pushdown_projections import pushdown_projections
 from sqlglot.optimizer.qualify import qualify
 
-from halo_sql.logical.sqlexpr import conjuncts
+from halo_sql.logical.sqlexpr import VOLATILE_FUNCTIONS, conjuncts
 
 DIALECT = "duckdb"
-
-# Functions whose value differs between calls: a predicate using one must be evaluated exactly
-# where the user wrote it.
-_VOLATILE = {"random", "rand", "uuid", "gen_random_uuid", "nextval", "setseed", "currval"}
 
 
 @lru_cache(maxsize=4096)
@@ -129,7 +125,7 @@ def is_movable_predicate(node: exp.Expr) -> bool:
         if isinstance(n, exp.Anonymous):
             return False  # our LLM functions are registered per query: not callable elsewhere
         if isinstance(n, exp.Rand) or (
-            isinstance(n, exp.Func) and n.sql_name().lower() in _VOLATILE
+            isinstance(n, exp.Func) and n.sql_name().lower() in VOLATILE_FUNCTIONS
         ):
             return False
     return True
@@ -359,7 +355,7 @@ def _columns_read(tree: exp.Expression, name: str) -> set[str] | None:
     scope_root = select if select is not None else tree
     out: set[str] = set()
     for node in scope_root.walk():
-        if isinstance(node, exp.Star):
+        if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
             return None
         if isinstance(node, exp.Column):
             if isinstance(node.this, exp.Star):
@@ -367,6 +363,26 @@ def _columns_read(tree: exp.Expression, name: str) -> set[str] | None:
             if node.table == alias:
                 out.add(node.name)
     return out
+
+
+def without_output_functions(sql: str, functions: list[str]) -> str | None:
+    """`sql` with every call of `functions` replaced by NULL, when they are called only in the
+    SELECT list of the outermost query (so the rows are the same); else None.
+
+    >>> without_output_functions("SELECT k, f(LIST(x)) AS s FROM t GROUP BY k", ["f"])
+    'SELECT k, NULL AS s FROM t GROUP BY k'
+    """
+    tree = parse(sql)
+    if not isinstance(tree, exp.Select) or tree.args.get("distinct"):
+        return None
+    names = {f.lower() for f in functions}
+    calls = [n for n in tree.find_all(exp.Anonymous) if str(n.this).lower() in names]
+    projections = {id(n) for p in tree.expressions for n in p.walk()}
+    if not calls or any(id(c) not in projections for c in calls):
+        return None
+    for call in calls:
+        call.replace(exp.Null())
+    return tree.sql(DIALECT)
 
 
 def aggregate_probe(sql: str, function: str) -> str | None:
