@@ -321,6 +321,22 @@ def finer_agg_chunks(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery 
 
 
 @helper
+def text_after_first_slot(ctx: RuleContext, call: Any) -> bool:
+    """Words of the call's template follow its first slot (rendered in place, rows share only
+    the text before it)."""
+    return bool(call.template.text_after_first_slot)
+
+
+@helper
+def values_last_call(ctx: RuleContext, call: Any) -> Any:
+    """The call with its template in the values-last layout (instruction first, then the
+    values as `name: value` lines)."""
+    from halo_sql.parser.template import values_last
+
+    return replace(call, template=values_last(call.template))
+
+
+@helper
 def prefix_order(ctx: RuleContext, call: Any, arguments: tuple[str, ...], child: Any) -> tuple[int, ...] | None:
     """Slot order putting the columns with the fewest distinct values first (longest shared
     prompt prefixes), for templates whose values follow the instruction as `name: value`

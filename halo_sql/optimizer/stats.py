@@ -374,11 +374,8 @@ class Statistics:
 
 
 def _static_prefix(call: LLMCall) -> str:
-    """The text every prompt of `call` starts with (task header + template up to the data)."""
-    template = call.template
-    if template.inline:
-        return call.header() + template.static_prefix
-    return call.header() + template.instruction_text().rstrip() + "\n\n"
+    """The text every prompt of `call` starts with (the template up to its first value)."""
+    return call.template.static_prefix
 
 
 def _common_prefix_tokens(a: str, b: str, count: Callable[[str], int]) -> int:
