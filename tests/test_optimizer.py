@@ -173,6 +173,15 @@ EQUIVALENCE = [
      "FROM reviews WHERE id < 30 GROUP BY product ORDER BY product", True),
     ("null_arguments", "WITH t AS (SELECT id, CASE WHEN id % 3 = 0 THEN NULL ELSE text END AS txt "
      "FROM reviews) SELECT id, LLM('Summarize {txt}') AS s FROM t WHERE id < 20 ORDER BY id", True),
+    ("llm_filter_into_cte", "WITH s AS (SELECT id, text, LLM('Summarize {text}') AS summary "
+     "FROM reviews WHERE id < 60) SELECT id, summary FROM s WHERE LLM_FILTER('Late? {text}') "
+     "AND id % 2 = 0 ORDER BY id", True),
+    ("guarded_case_over_cte", "WITH s AS (SELECT id, stars, LLM('Summarize {text}') AS summary "
+     "FROM reviews WHERE id < 40) SELECT id, CASE WHEN stars > 3 THEN LLM('Reply to {summary}') "
+     "END AS r FROM s ORDER BY id LIMIT 7", True),
+    ("chain_with_limit", "WITH a AS (SELECT id, text, LLM('Answer {text}') AS x FROM reviews), "
+     "b AS (SELECT id, x, LLM('Critique {x} of {text}') AS y FROM a) SELECT id, LLM('Revise {x} "
+     "after {y}') AS z FROM b WHERE id > 150 ORDER BY id LIMIT 3", True),
 ]
 
 
@@ -384,6 +393,53 @@ def test_a_values_last_layout_is_chosen_only_where_it_computes_less_prefill(
     short = "SELECT id, LLM('Does {text} mention a {product}?') AS m FROM reviews WHERE id < 80"
     con.sql("SET enable_rules = 'prompt_values_last_map'")
     assert "<- (" not in lp.explain(con.session.plan(short))  # more tokens, nothing shared
+
+
+# -- physical alternatives the cost model chooses between ------------------------------------------
+
+
+def test_an_llm_filter_on_a_cte_runs_before_the_ctes_expensive_map(con: halo_sql.Connection) -> None:
+    sql = (
+        "WITH s AS (SELECT id, text, LLM('Summarize {text}') AS summary FROM reviews) "
+        "SELECT id, summary FROM s WHERE LLM_FILTER('Does {text} complain about a delay?') ORDER BY id"
+    )
+    con.sql("SET optimizer_sample_rows = 0")
+    optimized = con.sql(sql)
+    asked = con.stats()["llm_requests"]
+    assert "push_llm_filter_into_input" in con.session.plan(sql).optimizer.rules
+    con.sql("SET disable_rules = 'push_llm_filter_into_input'")
+    assert con.sql(sql) == optimized
+    asked_after = con.stats()["llm_requests"]
+    con.sql("RESET disable_rules")
+    # 200 rows, 25 distinct texts: the filter first asks about 25 and summarizes only the
+    # texts it keeps; after the map, every text is summarized first.
+    assert asked < asked_after
+
+
+def test_a_semantic_join_is_a_nested_loop_or_a_hash_join_by_cost(con: halo_sql.Connection) -> None:
+    many_pairs = (
+        "SELECT r.id, p.category FROM reviews AS r, (SELECT DISTINCT category FROM products) AS p "
+        "WHERE LLM_FILTER('Is the review {r.text} about something from the {p.category} "
+        "department?') ORDER BY r.id, p.category"
+    )
+    con.sql("SET optimizer_sample_rows = 0")
+    con.sql(many_pairs)
+    nested_loop = con.stats()["llm_requests"]
+    con.sql("SET enable_rules = 'semantic_join_classify'")
+    plan = con.session.plan(many_pairs)
+    hash_join = lp.explain(plan)
+    assert "JOIN (SELECT" in hash_join and " ON l." in hash_join  # DuckDB joins on the label
+    assert "LLMFilter" not in hash_join
+    con.sql(many_pairs)
+    classified = con.stats()["llm_requests"]
+    assert classified * 2 <= nested_loop  # 25 distinct texts classified, not 75 pairs asked
+    assert plan.optimizer.total.requests < nested_loop
+    few_pairs = (
+        "SELECT a.id, b.id AS other FROM reviews AS a, reviews AS b WHERE a.id < 4 AND b.id < 40 "
+        "AND LLM_FILTER('Do {a.text} and {b.text} say the same?')"
+    )
+    assert "LLMFilter" in lp.explain(con.session.plan(few_pairs))  # the nested loop is cheaper
+    con.sql("RESET enable_rules")
 
 
 # -- sampled selectivities are paid once -----------------------------------------------------------
