@@ -173,6 +173,15 @@ EQUIVALENCE = [
      "FROM reviews WHERE id < 30 GROUP BY product ORDER BY product", True),
     ("null_arguments", "WITH t AS (SELECT id, CASE WHEN id % 3 = 0 THEN NULL ELSE text END AS txt "
      "FROM reviews) SELECT id, LLM('Summarize {txt}') AS s FROM t WHERE id < 20 ORDER BY id", True),
+    ("llm_filter_into_cte", "WITH s AS (SELECT id, text, LLM('Summarize {text}') AS summary "
+     "FROM reviews WHERE id < 60) SELECT id, summary FROM s WHERE LLM_FILTER('Late? {text}') "
+     "AND id % 2 = 0 ORDER BY id", True),
+    ("guarded_case_over_cte", "WITH s AS (SELECT id, stars, LLM('Summarize {text}') AS summary "
+     "FROM reviews WHERE id < 40) SELECT id, CASE WHEN stars > 3 THEN LLM('Reply to {summary}') "
+     "END AS r FROM s ORDER BY id LIMIT 7", True),
+    ("chain_with_limit", "WITH a AS (SELECT id, text, LLM('Answer {text}') AS x FROM reviews), "
+     "b AS (SELECT id, x, LLM('Critique {x} of {text}') AS y FROM a) SELECT id, LLM('Revise {x} "
+     "after {y}') AS z FROM b WHERE id > 150 ORDER BY id LIMIT 3", True),
 ]
 
 
@@ -307,8 +316,15 @@ def test_cost_model_ranks_plans_in_the_order_of_their_measured_cost(
             if req_a < req_b and tok_a < tok_b:  # a is measurably cheaper on both counts
                 assert est_req_a <= est_req_b and est_tok_a <= est_tok_b, (a, b, measured)
                 assert (est_req_a, est_tok_a) < (est_req_b, est_tok_b), (a, b, measured)
+    chosen = names[0]  # every rule on: the optimizer's own choice computes the fewest tokens
+    assert all(measured[chosen][3] <= measured[n][3] for n in names), measured
+    # Where one variant makes fewer requests and the other computes fewer tokens (the sim's
+    # answers, and so an LLM filter's selectivity, are a hash of the prompt), neither is
+    # measurably cheaper: the ranking is checked where the measurement gives one.
     ranks = sorted(names, key=lambda n: (measured[n][2], measured[n][3]))
-    assert ranks == sorted(names, key=lambda n: (measured[n][0], measured[n][1])), measured
+    if all(measured[a][2] <= measured[b][2] and measured[a][3] <= measured[b][3]
+           for a, b in zip(ranks, ranks[1:], strict=False)):
+        assert ranks == sorted(names, key=lambda n: (measured[n][0], measured[n][1])), measured
 
 
 def test_estimates_are_close_to_what_the_sim_measures(con: halo_sql.Connection) -> None:
@@ -316,6 +332,114 @@ def test_estimates_are_close_to_what_the_sim_measures(con: halo_sql.Connection) 
     est_requests, est_tokens, requests, tokens = _measure(con, sql, ())
     assert est_requests == requests
     assert abs(est_tokens - tokens) <= 0.25 * tokens
+
+
+# -- prompts as written, other layouts by cost ------------------------------------------------------
+
+LONG_REPLY = (
+    "SELECT id, LLM('Review: {text}. Write a short, polite reply to the customer who wrote this "
+    "review of a product bought in our kitchen and home appliance shop. Thank them, answer the "
+    "concern they raise if any, mention that our service team reads every review, and sign as "
+    "the customer care team of the shop.') AS reply FROM reviews WHERE id < 80"
+)
+
+
+class _Recording:
+    """A backend that records every prompt it is sent (answers come from the sim)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.prompts: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def generate(self, requests: Sequence[Any]) -> list[Any]:
+        self.prompts += [r.prompt for r in requests]
+        return list(self.inner.generate(requests))
+
+
+def test_the_model_is_sent_the_template_as_written(con: halo_sql.Connection) -> None:
+    from halo_sql.executor.runtime import LLMRuntime
+
+    backend = _Recording(con.session.backend("default"))
+    con.session.runtime = LLMRuntime(lambda model: backend)
+    con.sql(
+        "SELECT id FROM reviews WHERE id <= 3 AND LLM_FILTER('Does {text} mention the {product}? "
+        "Think of synonyms.') AND LLM_CLASSIFY('Stars: {stars}. Tone?', ['calm', 'angry']) = 'calm'"
+    )
+    rows = con.duckdb.sql("SELECT text, product, stars FROM reviews WHERE id <= 3").fetchall()
+    written = {f"Does {t} mention the {p}? Think of synonyms." for t, p, _ in rows}
+    assert written <= set(backend.prompts)
+    assert set(backend.prompts) - written <= {f"Stars: {s}. Tone?" for _, _, s in rows}
+
+
+def test_a_values_last_layout_is_chosen_only_where_it_computes_less_prefill(
+    con: halo_sql.Connection,
+) -> None:
+    con.sql("SET optimizer_sample_rows = 0")
+    measured = {}
+    for enabled in (False, True):
+        con.sql("SET enable_rules = 'prompt_values_last_map'" if enabled else "RESET enable_rules")
+        plan = con.session.plan(LONG_REPLY)
+        con.session.backend("default").reset_cache()  # both layouts start from an empty cache
+        result = con.run(LONG_REPLY)
+        computed = result.stats.prompt_tokens - result.stats.cached_prompt_tokens
+        measured[enabled] = (plan.optimizer.total.computed_tokens, computed, lp.explain(plan))
+    con.sql("RESET enable_rules")
+    assert "<- (text)" in measured[True][2] and "<- (text)" not in measured[False][2]
+    assert measured[True][0] < measured[False][0]  # the estimate chose it ...
+    assert measured[True][1] < measured[False][1]  # ... and the sim computes less prefill
+    short = "SELECT id, LLM('Does {text} mention a {product}?') AS m FROM reviews WHERE id < 80"
+    con.sql("SET enable_rules = 'prompt_values_last_map'")
+    assert "<- (" not in lp.explain(con.session.plan(short))  # more tokens, nothing shared
+
+
+# -- physical alternatives the cost model chooses between ------------------------------------------
+
+
+def test_an_llm_filter_on_a_cte_runs_before_the_ctes_expensive_map(con: halo_sql.Connection) -> None:
+    sql = (
+        "WITH s AS (SELECT id, text, LLM('Summarize {text}') AS summary FROM reviews) "
+        "SELECT id, summary FROM s WHERE LLM_FILTER('Does {text} complain about a delay?') ORDER BY id"
+    )
+    con.sql("SET optimizer_sample_rows = 0")
+    optimized = con.sql(sql)
+    asked = con.stats()["llm_requests"]
+    assert "push_llm_filter_into_input" in con.session.plan(sql).optimizer.rules
+    con.sql("SET disable_rules = 'push_llm_filter_into_input'")
+    assert con.sql(sql) == optimized
+    asked_after = con.stats()["llm_requests"]
+    con.sql("RESET disable_rules")
+    # 200 rows, 25 distinct texts: the filter first asks about 25 and summarizes only the
+    # texts it keeps; after the map, every text is summarized first.
+    assert asked < asked_after
+
+
+def test_a_semantic_join_is_a_nested_loop_or_a_hash_join_by_cost(con: halo_sql.Connection) -> None:
+    many_pairs = (
+        "SELECT r.id, p.category FROM reviews AS r, (SELECT DISTINCT category FROM products) AS p "
+        "WHERE LLM_FILTER('Is the review {r.text} about something from the {p.category} "
+        "department?') ORDER BY r.id, p.category"
+    )
+    con.sql("SET optimizer_sample_rows = 0")
+    con.sql(many_pairs)
+    nested_loop = con.stats()["llm_requests"]
+    con.sql("SET enable_rules = 'semantic_join_classify'")
+    plan = con.session.plan(many_pairs)
+    hash_join = lp.explain(plan)
+    assert "JOIN (SELECT" in hash_join and " ON l." in hash_join  # DuckDB joins on the label
+    assert "LLMFilter" not in hash_join
+    con.sql(many_pairs)
+    classified = con.stats()["llm_requests"]
+    assert classified * 2 <= nested_loop  # 25 distinct texts classified, not 75 pairs asked
+    assert plan.optimizer.total.requests < nested_loop
+    few_pairs = (
+        "SELECT a.id, b.id AS other FROM reviews AS a, reviews AS b WHERE a.id < 4 AND b.id < 40 "
+        "AND LLM_FILTER('Do {a.text} and {b.text} say the same?')"
+    )
+    assert "LLMFilter" in lp.explain(con.session.plan(few_pairs))  # the nested loop is cheaper
+    con.sql("RESET enable_rules")
 
 
 # -- sampled selectivities are paid once -----------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 from halo_sql.errors import ParseError, SourceLocation
 from halo_sql.llm.base import OutputSpec
 from halo_sql.logical.llm_call import LLMCall, LLMFunction
-from halo_sql.parser.template import PromptTemplate, Slot, parse_template
+from halo_sql.parser.template import PromptTemplate, Slot, parse_template, values_last
 
 # -- parsing ------------------------------------------------------------------------------------
 
@@ -56,32 +56,35 @@ def test_str_round_trips_through_the_parser() -> None:
 
 def test_slots_at_the_end_render_in_place() -> None:
     template = parse_template("Is this review about delivery? {r.text}")
-    assert template.inline
     assert template.render(["It came late."]) == "Is this review about delivery? It came late."
     assert template.static_prefix == "Is this review about delivery? "
+    assert not template.text_after_first_slot
 
 
-def test_trailing_punctuation_after_the_slot_still_renders_in_place() -> None:
-    template = parse_template("Review: {text}.")
-    assert template.inline
-    assert template.render(["ok"]) == "Review: ok."
-
-
-def test_text_after_a_slot_moves_values_after_the_instruction() -> None:
-    """Static instruction first, row data last: every row shares the instruction prefix."""
-    template = parse_template("Does {text} mention {product}?")
-    assert not template.inline
-    assert template.render(["It broke.", "kettle"]) == (
-        "Does [text] mention [product]?\n\ntext: It broke.\nproduct: kettle"
-    )
-    assert template.static_prefix == "Does [text] mention [product]?"
+def test_slots_anywhere_render_in_place_as_written() -> None:
+    """The prompt is the template with each slot replaced by its value, nothing more."""
+    template = parse_template("Does {text} mention {product}? Answer briefly.")
+    assert template.render(["It broke.", "kettle"]) == "Does It broke. mention kettle? Answer briefly."
+    assert template.static_prefix == "Does "
+    assert template.text_after_first_slot
 
 
 def test_rendered_prompts_of_different_rows_share_the_static_prefix() -> None:
-    template = parse_template("Does {text} mention {product}?")
-    first, second = template.render(["a", "b"]), template.render(["c", "d"])
+    template = parse_template("Review of the {product}: {text}")
+    first, second = template.render(["kettle", "ok"]), template.render(["lamp", "bad"])
     assert first.startswith(template.static_prefix)
     assert second.startswith(template.static_prefix)
+
+
+def test_values_last_layout_puts_the_instruction_first_and_the_values_after_it() -> None:
+    """The opt-in layout rewrite: every row shares the whole instruction as a prefix."""
+    template = values_last(parse_template("Does {text} mention {product}?"))
+    assert template.render(["It broke.", "kettle"]) == (
+        "Does [text] mention [product]?\n\ntext: It broke.\nproduct: kettle"
+    )
+    assert template.static_prefix == "Does [text] mention [product]?\n\n"
+    assert str(template) == "Does [text] mention [product]? <- (text, product)"
+    assert values_last(template) == template
 
 
 def test_flockmtl_layout_lists_named_inputs_after_the_prompt() -> None:
@@ -95,25 +98,23 @@ def test_render_checks_the_number_of_values() -> None:
         parse_template("{a} and {b}").render(["x"])
 
 
-# -- the full prompt of a call: task header, template, answer cue -------------------------------
+# -- the full prompt of a call: the template as written ---------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("output", "header"),
+    "output",
     [
-        (OutputSpec.text(), ""),
-        (OutputSpec.boolean(), "Answer the question with yes or no.\n\n"),
-        (OutputSpec.choice(["good", "bad"]), "Answer with exactly one of: good, bad.\n\n"),
-        (
-            OutputSpec.json({"type": "object", "properties": {"age": {"type": "integer"}}}),
-            'Answer with JSON that matches this schema: '
-            '{"type":"object","properties":{"age":{"type":"integer"}}}\n\n',
-        ),
+        OutputSpec.text(),
+        OutputSpec.boolean(),
+        OutputSpec.choice(["good", "bad"]),
+        OutputSpec.json({"type": "object", "properties": {"age": {"type": "integer"}}}),
     ],
 )
-def test_prompt_is_header_then_template_then_answer_cue(output: OutputSpec, header: str) -> None:
-    call = LLMCall(LLMFunction.COMPLETE, parse_template("Rate: {text}"), "m", output=output)
-    assert call.prompt(["fine"]) == f"{header}Rate: fine\nAnswer:"
+def test_the_prompt_is_the_rendered_template_whatever_the_output_type(output: OutputSpec) -> None:
+    """Constrained decoding enforces the output type; no words are added to the user's prompt."""
+    call = LLMCall(LLMFunction.COMPLETE, parse_template("Rate {text} now"), "m", output=output)
+    assert call.prompt(["fine"]) == "Rate fine now"
+    assert call.request(["fine"]).output == output
 
 
 # -- errors -------------------------------------------------------------------------------------

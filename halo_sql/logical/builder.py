@@ -52,7 +52,12 @@ from halo_sql.logical.plan import (
     SQLFilter,
     StatementPlan,
 )
-from halo_sql.logical.sqlexpr import conjuncts
+from halo_sql.logical.sqlexpr import (
+    VOLATILE_FUNCTIONS,
+    conjuncts,
+    drop_unused_ctes,
+    row_local_select,
+)
 
 DIALECT = "duckdb"
 ROW_ALIAS = "__halo_r"
@@ -110,6 +115,8 @@ class PlanBuilder:
         self.inputs: dict[str, NamedInput] = {}
         self.udfs: dict[str, LLMUdf] = {}
         self._udf_names: dict[str, str] = {}
+        self.llm_columns: dict[str, str] = {}
+        """Column name of each distinct lifted call (call and slot SQL), across blocks."""
         self.qualified = False
 
     # -- entry point -------------------------------------------------------------------------
@@ -251,7 +258,7 @@ class PlanBuilder:
             if contains_llm_call(source.this):
                 name = self._plan_subquery(source.this, scope_ctes)
                 alias = source.alias_or_name
-                source.replace(exp.to_table(name).as_(alias) if alias else exp.to_table(name))
+                source.replace(_table(name, alias))
         return self._plan_select(query, ctes=ctes, scope_ctes=scope_ctes)
 
     def _plan_subquery(self, query: exp.Expr, ctes: list[exp.CTE]) -> str:
@@ -310,25 +317,37 @@ class PlanBuilder:
         llm_conjuncts = [c for c in terms if contains_llm_call(c)]
 
         # One output column per distinct call (same call, same arguments -> computed once), and
-        # one argument column per distinct slot expression.
+        # one argument column per distinct slot expression and guard. A guard is the condition
+        # outside which a call's answer cannot change the result (CASE WHEN stars > 2 THEN
+        # LLM(...), stars > 3 OR LLM_FILTER(...)): the argument is NULL there, and a NULL slot
+        # sends no request.
         columns: dict[str, str] = {}
         arg_columns: dict[str, tuple[str, ...]] = {}
         site_column: dict[int, str] = {}
-        arg_names: dict[str, str] = {}
+        arg_names: dict[tuple[str, str], str] = {}
         projections: list[exp.Expr] = []
+        guards: dict[str, list[exp.Expr | None]] = {}
         for site in liftable:
-            key = repr((site.call, [e.sql(DIALECT) for e in site.slot_exprs]))
+            guards.setdefault(self._call_key(site), []).append(_guard(site.node, select, aliases))
+        for site in liftable:
+            key = self._call_key(site)
             if key not in columns:
-                column = self.names.next("__llm")
+                # The same call on the same slots gets the same column name in every block, so
+                # equal CTEs or derived tables are equal plans (share_identical_subplans).
+                column = self.llm_columns.setdefault(key, self.names.next("__llm"))
                 columns[key] = column
+                guard = _any_of(guards[key])
+                guard_sql = guard.sql(DIALECT) if guard is not None else ""
                 args = []
                 for slot_expr in site.slot_exprs:
-                    slot_sql = slot_expr.sql(DIALECT)
-                    if slot_sql not in arg_names:
-                        arg_names[slot_sql] = f"__arg_{len(arg_names)}"
-                        varchar = exp.cast(slot_expr.copy(), exp.DataType.build("VARCHAR"))
-                        projections.append(varchar.as_(arg_names[slot_sql], quoted=True))
-                    args.append(arg_names[slot_sql])
+                    arg_key = (slot_expr.sql(DIALECT), guard_sql)
+                    if arg_key not in arg_names:
+                        arg_names[arg_key] = f"__arg_{len(arg_names)}"
+                        value: exp.Expr = exp.cast(slot_expr.copy(), exp.DataType.build("VARCHAR"))
+                        if guard is not None:
+                            value = exp.Case(ifs=[exp.If(this=guard.copy(), true=value)])
+                        projections.append(value.as_(arg_names[arg_key], quoted=True))
+                    args.append(arg_names[arg_key])
                 arg_columns[column] = tuple(args)
             site_column[id(site.node)] = columns[key]
 
@@ -408,9 +427,13 @@ class PlanBuilder:
         self.inputs[rows_name] = NamedInput(rows_name, node)
         residual = select
         residual.set("joins", None)
-        residual.set("from_", exp.From(this=exp.to_table(rows_name).as_(ROW_ALIAS)))
+        residual.set("from_", exp.From(this=_table(rows_name, ROW_ALIAS)))
         _rewrite_to_rows(residual, aliases, site_column, qualify_rows=True)
         return self._duckdb(residual, ctes=ctes)
+
+    @staticmethod
+    def _call_key(site: CallSite) -> str:
+        return repr((site.call, [e.sql(DIALECT) for e in site.slot_exprs]))
 
     def _conjunct_cost(self, conjunct: exp.Expr) -> int:
         """Cheap LLM predicates first: short constrained answers before free text."""
@@ -425,7 +448,9 @@ class PlanBuilder:
         if site.call.function.is_aggregate:
             return True
         for ancestor in _ancestors(site.node, stop=select):
-            if isinstance(ancestor, exp.Having | exp.Qualify | exp.Window):
+            # A call inside a window (its argument, PARTITION BY or ORDER BY) is a per-row
+            # value like any other: lifted, the window reads its column.
+            if isinstance(ancestor, exp.Having | exp.Qualify):
                 return True
             if isinstance(ancestor, exp.Join) and (ancestor.side or ancestor.kind not in ("", "INNER", "CROSS", None)):
                 return True
@@ -531,6 +556,11 @@ class PlanBuilder:
 
     def _duckdb(self, query: exp.Expr, ctes: Sequence[exp.CTE] = ()) -> DuckDBQuery:
         standalone = _with_ctes(query, ctes)
+        if isinstance(standalone, exp.Query):
+            standalone = self._read_through_row_local_inputs(standalone.copy())
+            # Only the CTEs the query reads: a dead one would still make its named input (and
+            # the LLM work that computes it) part of the plan.
+            drop_unused_ctes(standalone)
         sql = standalone.sql(DIALECT)
         referenced = {t.name for t in standalone.find_all(exp.Table)}
         names = {n.this for n in standalone.find_all(exp.Anonymous)}
@@ -539,7 +569,109 @@ class PlanBuilder:
         return DuckDBQuery(sql, inputs, udfs)
 
 
+    def _read_through_row_local_inputs(self, query: exp.Query) -> exp.Query:
+        """`query` reading the input of each named input that is only a row-local SELECT over
+        one other input (the residual query of a CTE or derived table computed by LLM
+        operators), so that a chain of CTEs is one chain of operators:
+
+            WITH s AS (SELECT "k", "summary" FROM __halo_in_2) SELECT s.k AS "s.k" FROM s AS s
+              __halo_in_2: SELECT __halo_r."t.k" AS k, __halo_r."__llm_0" AS summary
+                           FROM __halo_rows_1 AS __halo_r
+        becomes
+            SELECT __halo_r."t.k" AS "s.k" FROM __halo_rows_1 AS __halo_r
+
+        (flattened with sqlglot's merge_subqueries when the columns can be qualified; else the
+        input's SELECT stays a derived table of the query). A query reading a named input
+        through CTEs is flattened too, so the step between two LLM operators of a chain is a
+        plain SELECT over one input wherever the SQL allows (`row_local_select`)."""
+        replaced = reads_input = False
+        for table in list(query.find_all(exp.Table)):
+            named = self.inputs.get(table.name)
+            if named is None or table.args.get("db"):
+                continue
+            reads_input = True
+            if not isinstance(named.plan, DuckDBQuery):
+                continue
+            plan = named.plan
+            if plan.udfs or len(plan.inputs) != 1:
+                continue
+            body = row_local_select(plan.sql, plan.inputs[0].name)
+            if body is None:
+                continue
+            alias = exp.TableAlias(this=exp.to_identifier(table.alias or table.name))
+            table.replace(exp.Subquery(this=body, alias=alias))
+            replaced = True
+        if not replaced and not (reads_input and query.args.get("with_")):
+            return query
+        return self._flatten(query) or query
+
+    def _flatten(self, query: exp.Query) -> exp.Query | None:
+        """`query` with derived tables and CTEs merged into their readers where sqlglot's
+        merge_subqueries can (None if the columns cannot be qualified)."""
+        from sqlglot.optimizer.merge_subqueries import merge_subqueries
+
+        schema: dict[str, object] = {}
+        cte_names = {cte.alias_or_name.lower() for cte in query.find_all(exp.CTE)}
+        for table in query.find_all(exp.Table):
+            name = table.name
+            if name.lower() in cte_names or name in schema:
+                continue
+            if table.args.get("db") or table.args.get("catalog"):
+                return None
+            if name in self.inputs:
+                columns = _plan_columns(self.inputs[name].plan)
+                if columns is None:
+                    return None
+                schema[name] = {c: "VARCHAR" for c in columns}
+                continue
+            catalog_columns = self.catalog.table_columns(table)
+            if catalog_columns is None:
+                return None
+            schema[name] = dict(catalog_columns)
+        try:
+            qualified = qualify(
+                query,
+                schema=schema,
+                dialect=DIALECT,
+                validate_qualify_columns=True,
+                quote_identifiers=False,
+                identify=False,
+            )
+            merged = merge_subqueries(qualified)
+        except (OptimizeError, SqlglotError, KeyError, ValueError):
+            return None
+        return merged if isinstance(merged, exp.Query) else None
+
+
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _table(name: str, alias: str | None = None) -> exp.Table:
+    """`name AS alias` as sqlglot parses it (a TableAlias, which its optimizer expects)."""
+    table = exp.to_table(name)
+    if alias:
+        table.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+    return table
+
+
+def _plan_columns(node: PlanNode) -> list[str] | None:
+    """Output columns of a plan the builder made (None when its SQL does not tell)."""
+    if isinstance(node, DuckDBQuery):
+        try:
+            tree = sqlglot.parse_one(node.sql, read=DIALECT)
+        except SqlglotError:
+            return None
+        if not isinstance(tree, exp.Query) or "*" in tree.named_selects:
+            return None
+        return list(tree.named_selects)
+    if isinstance(node, Project):
+        return list(node.columns)
+    if isinstance(node, LLMMap):
+        below = _plan_columns(node.child)
+        return None if below is None else [*below, node.output_column]
+    if isinstance(node, LLMFilter | SQLFilter | Limit):
+        return _plan_columns(node.children[0])
+    return None
 
 
 def _select_from(name: str, original: exp.Expr) -> exp.Select:
@@ -646,6 +778,109 @@ def _derived_tables(select: exp.Select) -> list[exp.Subquery]:
         if isinstance(join.this, exp.Subquery):
             out.append(join.this)
     return out
+
+
+def _guard(node: exp.Expr, select: exp.Select, aliases: set[str]) -> exp.Expr | None:
+    """A condition over the block's source rows outside which the value of the call `node`
+    cannot change the statement's result, or None (every row needs it). Cheap sides first: only
+    conditions DuckDB can evaluate on the source rows (no LLM call, aggregate, window, subquery
+    or volatile function) guard a call.
+
+        CASE WHEN s > 2 THEN LLM(..) END         ->  s > 2
+        CASE WHEN a THEN 1 WHEN LLM_FILTER(..)   ->  NOT COALESCE(a, FALSE)
+        s > 3 OR LLM_FILTER(..)                  ->  NOT COALESCE(s > 3, FALSE)
+        s > 3 AND LLM_FILTER(..)                 ->  COALESCE(s > 3, TRUE)   (inside a CASE/OR)
+        COALESCE(x, LLM(..))                     ->  x IS NULL
+    """
+    # The WHERE's own conjunction is not a guard: its relational conjuncts already run in the
+    # source, and its LLM conjuncts are applied one after the other.
+    where = select.args.get("where")
+    spine: set[int] = set()
+    pending = [where.this] if where is not None else []
+    while pending:
+        top = pending.pop()
+        if isinstance(top, exp.And | exp.Paren):
+            spine.add(id(top))
+            pending += [top.this, top.expression] if isinstance(top, exp.And) else [top.this]
+    parts: list[exp.Expr] = []
+    child, parent = node, node.parent
+    while parent is not None and parent is not select:
+        if id(parent) not in spine:
+            parts += [p for p in _guard_step(child, parent) if _cheap_condition(p, aliases)]
+        child, parent = parent, parent.parent
+    return exp.and_(*[exp.paren(p, copy=False) for p in parts], copy=False) if parts else None
+
+
+def _guard_step(child: exp.Expr, parent: exp.Expr) -> list[exp.Expr]:
+    """Conditions under which `child` matters to `parent` (none: always)."""
+
+    def not_true(c: exp.Expr) -> exp.Expr:
+        return exp.not_(exp.func("COALESCE", c.copy(), exp.false()))
+
+    def not_false(c: exp.Expr) -> exp.Expr:
+        return exp.func("COALESCE", c.copy(), exp.true())
+
+    if isinstance(parent, exp.If) and isinstance(parent.parent, exp.Case):
+        case = parent.parent
+        whens = case.args.get("ifs") or []
+        position = next(i for i, w in enumerate(whens) if w is parent)
+        conditions = [_when_condition(case, w) for w in whens]
+        earlier = [not_true(c) for c in conditions[:position]]
+        if child is parent.args.get("true"):
+            return [conditions[position].copy(), *earlier]
+        return earlier  # the WHEN condition itself: asked only if no earlier branch was taken
+    if isinstance(parent, exp.Case) and child is parent.args.get("default"):
+        return [not_true(_when_condition(parent, w)) for w in parent.args.get("ifs") or []]
+    if isinstance(parent, exp.If):  # IF(c, a, b)
+        condition = parent.this
+        if child is parent.args.get("true"):
+            return [condition.copy()]
+        if child is parent.args.get("false"):
+            return [not_true(condition)]
+        return []
+    if isinstance(parent, exp.Or | exp.And):
+        other = parent.expression if child is parent.this else parent.this
+        return [not_true(other)] if isinstance(parent, exp.Or) else [not_false(other)]
+    if isinstance(parent, exp.Coalesce):
+        values = [parent.this, *parent.expressions]
+        position = next((i for i, v in enumerate(values) if v is child), 0)
+        return [exp.Is(this=v.copy(), expression=exp.null()) for v in values[:position]]
+    return []
+
+
+def _when_condition(case: exp.Case, when: exp.Expr) -> exp.Expr:
+    operand = case.this
+    if operand is None:
+        return when.this
+    return exp.EQ(this=operand.copy(), expression=when.this.copy())
+
+
+def _cheap_condition(condition: exp.Expr, aliases: set[str]) -> bool:
+    for n in condition.walk():
+        if is_llm_call(n) or isinstance(
+            n, exp.AggFunc | exp.Window | exp.Query | exp.Placeholder | exp.Parameter | exp.Rand
+        ):
+            return False
+        if isinstance(n, exp.Anonymous) and str(n.this).lower().startswith("__halo_fn"):
+            return False
+        if isinstance(n, exp.Func) and n.sql_name().lower() in VOLATILE_FUNCTIONS:
+            return False
+        if isinstance(n, exp.Column) and n.table.lower() not in aliases:
+            return False
+    return True
+
+
+def _any_of(guards: list[exp.Expr | None]) -> exp.Expr | None:
+    """The union of the guards of every use of one call (None if one use needs every row)."""
+    if not guards or any(g is None for g in guards):
+        return None
+    distinct: dict[str, exp.Expr] = {}
+    for guard in guards:
+        assert guard is not None
+        distinct.setdefault(guard.sql(DIALECT), guard)
+    if len(distinct) == 1:
+        return next(iter(distinct.values()))
+    return exp.or_(*[exp.paren(g.copy(), copy=False) for g in distinct.values()], copy=False)
 
 
 def _per_group_call(node: exp.Expr, select: exp.Select) -> bool:

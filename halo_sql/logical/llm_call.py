@@ -4,7 +4,7 @@
     >>> call = LLMCall(LLMFunction.FILTER, parse_template("Is it about delivery? {text}"), "m",
     ...                output=OutputSpec.boolean())
     >>> call.prompt(["It came late."])
-    'Answer the question with yes or no.\\n\\nIs it about delivery? It came late.\\nAnswer:'
+    'Is it about delivery? It came late.'
     >>> call.parse_answer(" Yes")
     True
 """
@@ -54,20 +54,11 @@ class LLMCall:
     output: OutputSpec = field(default_factory=OutputSpec.text)
     params: DecodingParams = field(default_factory=DecodingParams)
 
-    def header(self) -> str:
-        """The fixed task instruction placed before the template, shared by every row."""
-        kind = self.output.kind
-        if kind is OutputKind.BOOLEAN:
-            return "Answer the question with yes or no.\n\n"
-        if kind is OutputKind.CHOICE:
-            return "Answer with exactly one of: " + ", ".join(self.output.labels) + ".\n\n"
-        if kind is OutputKind.JSON:
-            return f"Answer with JSON that matches this schema: {self.output.json_schema}\n\n"
-        return ""
-
     def prompt(self, values: Sequence[str]) -> str:
-        """The full prompt for one row: task header, template (static text first), data last."""
-        return f"{self.header()}{self.template.render(values)}\nAnswer:"
+        """The prompt for one row: the template rendered with the row's values, nothing more.
+        The output type is enforced by constrained decoding (`LLMRequest.output`), not by
+        words added to the user's prompt."""
+        return self.template.render(values)
 
     def request(self, values: Sequence[str]) -> LLMRequest:
         return LLMRequest(self.prompt(values), self.output, self.params)

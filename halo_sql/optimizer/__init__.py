@@ -81,7 +81,9 @@ class OptimizerReport:
     """Model -> the profile its requests were priced with (placement: one instance per model)."""
 
 
-BATCH_DISABLED = frozenset({"push_filter_into_input", "push_limit_into_input", "prune_input_columns"})
+BATCH_DISABLED = frozenset(
+    {"push_filter_into_input", "push_limit_into_input", "prune_input_columns", "push_llm_filter_into_input"}
+)
 """Rules that specialise a named input to one query. In a batch, equal sub-plans of different
 queries run once (the executor's SubplanCache); these rules would make them differ, so a batch
 plans without them (choosing between sharing and pushdown by cost is not implemented)."""

@@ -26,9 +26,12 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sqlglot import exp
+
 from halo_sql.llm.base import OutputKind
 from halo_sql.logical import plan as lp
 from halo_sql.logical.llm_call import LLMCall
+from halo_sql.logical.sqlexpr import row_local_select
 from halo_sql.optimizer import sqltools
 from halo_sql.optimizer.memo import GroupRef, Memo
 from halo_sql.optimizer.profile import BackendProfile
@@ -162,9 +165,36 @@ class CostModel:
                 columns = self.stats.columns(node.sql)
             rows = self.stats.row_count(node.sql)
             return LogicalProps(columns, float(rows) if rows is not None else DEFAULT_ROWS, node.sql)
+        if not node.inputs:
+            # LLM functions DuckDB evaluates itself only in the output: the rows are those of
+            # the query with each call replaced by NULL, which DuckDB can count.
+            counted = sqltools.without_output_functions(node.sql, [u.name for u in node.udfs])
+            rows = self.stats.row_count(counted) if counted is not None else None
+            if rows is not None:
+                return LogicalProps(columns, float(rows), None)
         inputs = [memo.group(i.plan.group).logical for i in node.inputs if isinstance(i.plan, GroupRef)]
+        if len(inputs) == 1 and not node.udfs:
+            local = self._row_local_rows(node, inputs[0])
+            if local is not None:
+                return LogicalProps(columns, local, None)
         base = max((p.rows for p in inputs), default=DEFAULT_ROWS)
         return LogicalProps(columns, _shape_rows(node.sql, base), None)
+
+    def _row_local_rows(self, node: lp.DuckDBQuery, below: LogicalProps) -> float | None:
+        """Rows of a row-local SELECT over one input (a step of a CTE chain): the input's rows
+        times the selectivity of its WHERE, estimated like a SQLFilter over the input."""
+        tree = row_local_select(node.sql, node.inputs[0].name)
+        if tree is None:
+            return None
+        where = tree.args.get("where")
+        if where is None:
+            return below.rows
+        predicate = where.this.copy().transform(
+            lambda n: exp.column(exp.to_identifier(n.name, quoted=True))
+            if isinstance(n, exp.Column)
+            else n
+        )
+        return below.rows * self.sql_selectivity(predicate.sql("duckdb"), below)
 
     def _child(self, node: lp.PlanNode, memo: Memo) -> LogicalProps:
         (child,) = node.children

@@ -13,7 +13,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pyarrow as pa
+from sqlglot import exp
+
 from halo_sql.logical import plan as lp
+from halo_sql.logical.sqlexpr import row_local_select
 from halo_sql.optimizer import sqltools
 from halo_sql.optimizer.memo import GroupRef
 from halo_sql.optimizer.rules import RuleContext
@@ -209,6 +213,52 @@ def prune_inputs(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery | No
     return replace(changed, sql=pruned) if pruned else None
 
 
+@helper
+def llm_filter_into_input(
+    ctx: RuleContext, node: lp.LLMFilter, query: lp.DuckDBQuery
+) -> lp.DuckDBQuery | None:
+    """`LLMFilter[f(a)](DuckDBQuery(row-local SELECT CAST(n.c AS TEXT) AS a ... FROM n, n := X))`
+    as `DuckDBQuery(same SQL, n := LLMFilter[f(c)](X))`: the filter runs on the input's rows,
+    where later rules can move it below the input's LLM maps. A row-local SELECT keeps one row
+    per input row, so filtering before it keeps the same rows. The input column must already be
+    VARCHAR (an LLM answer of text or a label, or a VARCHAR column of the relational source), so
+    the prompt is the same."""
+    if len(query.inputs) != 1 or query.udfs:
+        return None
+    named = query.inputs[0]
+    if not isinstance(named.plan, GroupRef):
+        return None
+    tree = row_local_select(query.sql, named.name)
+    if tree is None:
+        return None
+    alias = tree.args["from_"].this.alias_or_name
+    projections = {p.alias_or_name: p.unalias() for p in tree.expressions}
+    below = ctx.logical(named.plan.group)
+    arguments = []
+    for argument in node.arguments:
+        value = projections.get(argument)
+        if isinstance(value, exp.Cast) and value.to.this in (exp.DataType.Type.VARCHAR, exp.DataType.Type.TEXT):
+            value = value.this
+        if not isinstance(value, exp.Column) or value.table != alias:
+            return None
+        if not _is_varchar(ctx, below, value.name):
+            return None
+        arguments.append(value.name)
+    moved = replace(node, child=named.plan, arguments=tuple(arguments))
+    return replace(query, inputs=(lp.NamedInput(named.name, moved),))
+
+
+def _is_varchar(ctx: RuleContext, props: Any, column: str) -> bool:
+    if column in props.llm_columns:
+        call = props.llm_columns[column][0]
+        return bool(pa.types.is_string(call.arrow_type))
+    stats = ctx.stats
+    if props.source is None or stats is None:
+        return False
+    types = stats.column_types(props.source)
+    return types is not None and types.get(column) == "VARCHAR"
+
+
 # -- identical LLM calls -------------------------------------------------------------------------
 
 
@@ -321,6 +371,22 @@ def finer_agg_chunks(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery 
 
 
 @helper
+def text_after_first_slot(ctx: RuleContext, call: Any) -> bool:
+    """Words of the call's template follow its first slot (rendered in place, rows share only
+    the text before it)."""
+    return bool(call.template.text_after_first_slot)
+
+
+@helper
+def values_last_call(ctx: RuleContext, call: Any) -> Any:
+    """The call with its template in the values-last layout (instruction first, then the
+    values as `name: value` lines)."""
+    from halo_sql.parser.template import values_last
+
+    return replace(call, template=values_last(call.template))
+
+
+@helper
 def prefix_order(ctx: RuleContext, call: Any, arguments: tuple[str, ...], child: Any) -> tuple[int, ...] | None:
     """Slot order putting the columns with the fewest distinct values first (longest shared
     prompt prefixes), for templates whose values follow the instruction as `name: value`
@@ -353,14 +419,20 @@ def reorder_arguments(ctx: RuleContext, arguments: tuple[str, ...], order: tuple
 
 
 SEMANTIC_JOIN_MAX_LABELS = 32
-"""The classify side of a semantic join must have at most this many distinct values."""
+"""The label side of a semantic join must have at most this many distinct values."""
 
 
 @helper
 def classify_then_join(ctx: RuleContext, node: lp.LLMFilter) -> lp.PlanNode | None:
-    """`LLMFilter[f(x, y)](X)` as `Project(SQLFilter[label = y](LLMMap[label = classify x among
-    the distinct values of y](X)))`: one request per distinct x instead of one per (x, y) pair
-    (equal prompts are sent once), when y has few distinct values."""
+    """`LLMFilter[f(x, y)](pairs of X and Y)` as a hash join: each row of X classified among the
+    distinct values of y (one request per distinct x: equal prompts are sent once), then DuckDB
+    joins X's rows to Y's rows on label = y:
+
+        DuckDBQuery(SELECT ... FROM __halo_sj AS l JOIN (<Y's rows>) AS r ON l.label = r.y,
+                    __halo_sj := LLMMap[label = classify x among values of y](<X's rows>))
+
+    The pairs' source must be two FROM items with no condition between them (`split_pairs`);
+    the side with fewer distinct values (at most 32) gives the labels. None: not a join."""
     from halo_sql.llm.base import DecodingParams, OutputKind, OutputSpec
     from halo_sql.logical.llm_call import LLMFunction
     from halo_sql.parser.template import PromptTemplate, Slot
@@ -368,17 +440,35 @@ def classify_then_join(ctx: RuleContext, node: lp.LLMFilter) -> lp.PlanNode | No
     call = node.call
     if call.output.kind is not OutputKind.BOOLEAN or len(node.arguments) != 2:
         return None
-    x, y = node.arguments
-    if x == y or not isinstance(node.child, GroupRef):
+    if node.arguments[0] == node.arguments[1] or not isinstance(node.child, GroupRef):
         return None
     stats = ctx.stats
-    props = ctx.logical(node.child.group)
-    if stats is None or props.source is None or props.columns is None:
+    if stats is None:
         return None
-    labels = stats.distinct_values(props.source, y, SEMANTIC_JOIN_MAX_LABELS + 1)
-    if labels is None or not 1 < len(labels) <= SEMANTIC_JOIN_MAX_LABELS:
+    sources = [
+        n for n in ctx.exprs(node.child.group)
+        if isinstance(n, lp.DuckDBQuery) and not n.inputs and not n.udfs
+    ]
+    best: tuple[int, int, sqltools.JoinSides, tuple[str, ...]] | None = None
+    for source in sources:
+        for classified in (0, 1):
+            x, y = node.arguments[classified], node.arguments[1 - classified]
+            sides = sqltools.split_pairs(source.sql, x, y)
+            if sides is None:
+                continue
+            labels = stats.distinct_values(sides.right, y, SEMANTIC_JOIN_MAX_LABELS + 1)
+            if labels is None or not 1 < len(labels) <= SEMANTIC_JOIN_MAX_LABELS:
+                continue
+            if best is None or len(labels) < len(best[3]):
+                best = (classified, 0, sides, labels)
+        if best is not None:
+            break
+    if best is None:
         return None
-    x_slot, y_slot = call.template.slots
+    classified, _, sides, labels = best
+    x, y = node.arguments[classified], node.arguments[1 - classified]
+    slots = call.template.slots
+    x_slot, y_slot = slots[classified], slots[1 - classified]
     question = call.template.instruction_text().strip()
     template = PromptTemplate(
         (f"Which {y_slot.name} makes this true? {question}", Slot(x_slot.qualifier, x_slot.name)),
@@ -392,6 +482,14 @@ def classify_then_join(ctx: RuleContext, node: lp.LLMFilter) -> lp.PlanNode | No
         params=DecodingParams(32, call.params.temperature, call.params.seed),
     )
     label = f"__sj_{x}_{y}"
-    mapped = lp.LLMMap(node.child, classify, (x,), label)
-    joined = lp.SQLFilter(mapped, f'{sqltools.quote(label)} = {sqltools.quote(y)}')
-    return lp.Project(joined, props.columns)
+    name = f"__halo_sj_{x}_{y}"
+    mapped = lp.LLMMap(lp.DuckDBQuery(sides.left), classify, (x,), label)
+    picked = ", ".join(
+        f'{"l" if c in sides.left_columns else "r"}.{sqltools.quote(c)} AS {sqltools.quote(c)}'
+        for c in sides.columns
+    )
+    sql = (
+        f"SELECT {picked} FROM {name} AS l JOIN ({sides.right}) AS r "
+        f"ON l.{sqltools.quote(label)} = r.{sqltools.quote(y)}"
+    )
+    return lp.DuckDBQuery(sql, (lp.NamedInput(name, mapped),))

@@ -24,13 +24,9 @@ from sqlglot.optimizer.pushdown_predicates import pushdown_predicates
 from sqlglot.optimizer.pushdown_projections import pushdown_projections
 from sqlglot.optimizer.qualify import qualify
 
-from halo_sql.logical.sqlexpr import conjuncts
+from halo_sql.logical.sqlexpr import VOLATILE_FUNCTIONS, conjuncts, drop_unused_ctes
 
 DIALECT = "duckdb"
-
-# Functions whose value differs between calls: a predicate using one must be evaluated exactly
-# where the user wrote it.
-_VOLATILE = {"random", "rand", "uuid", "gen_random_uuid", "nextval", "setseed", "currval"}
 
 
 @lru_cache(maxsize=4096)
@@ -129,7 +125,7 @@ def is_movable_predicate(node: exp.Expr) -> bool:
         if isinstance(n, exp.Anonymous):
             return False  # our LLM functions are registered per query: not callable elsewhere
         if isinstance(n, exp.Rand) or (
-            isinstance(n, exp.Func) and n.sql_name().lower() in _VOLATILE
+            isinstance(n, exp.Func) and n.sql_name().lower() in VOLATILE_FUNCTIONS
         ):
             return False
     return True
@@ -359,7 +355,7 @@ def _columns_read(tree: exp.Expression, name: str) -> set[str] | None:
     scope_root = select if select is not None else tree
     out: set[str] = set()
     for node in scope_root.walk():
-        if isinstance(node, exp.Star):
+        if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
             return None
         if isinstance(node, exp.Column):
             if isinstance(node.this, exp.Star):
@@ -367,6 +363,121 @@ def _columns_read(tree: exp.Expression, name: str) -> set[str] | None:
             if node.table == alias:
                 out.add(node.name)
     return out
+
+
+@dataclass(frozen=True)
+class JoinSides:
+    """A relational source of pairs split into its two sides (see `split_pairs`)."""
+
+    left: str
+    """SQL of the side that computes the column asked about: its columns, its own conditions."""
+    right: str
+    """SQL of the other side."""
+    columns: tuple[str, ...]
+    """The source's output columns, in order."""
+    left_columns: tuple[str, ...]
+
+
+def split_pairs(sql: str, left_column: str, right_column: str) -> JoinSides | None:
+    """The two sides of a source that pairs the rows of two FROM items with no condition
+    between them (a cross product, or an inner join whose ON held only LLM predicates), when
+    `left_column` is computed from one item and `right_column` from the other; None otherwise.
+
+    >>> sides = split_pairs('SELECT r.id AS "r.id", CAST(p.c AS TEXT) AS "a1", CAST(r.t AS TEXT) '
+    ...                     'AS "a0" FROM reviews AS r, cats AS p WHERE r.id < 9', "a0", "a1")
+    >>> sides.left, sides.right
+    ('SELECT r.id AS "r.id", CAST(r.t AS TEXT) AS "a0" FROM reviews AS r WHERE r.id < 9', 'SELECT CAST(p.c AS TEXT) AS "a1" FROM cats AS p')
+    """
+    tree = parse(sql)
+    if not isinstance(tree, exp.Select):
+        return None
+    for key in ("group", "having", "qualify", "order", "limit", "offset", "distinct", "laterals",
+                "windows"):
+        if tree.args.get(key):
+            return None
+    from_ = tree.args.get("from_")
+    joins = tree.args.get("joins") or []
+    if from_ is None or len(joins) != 1:
+        return None
+    join = joins[0]
+    if join.side or (join.kind or "").upper() not in ("", "CROSS", "INNER") or join.args.get("using"):
+        return None
+    on = join.args.get("on")
+    if on is not None and not (isinstance(on, exp.Boolean) and on.this is True):
+        return None
+    items = [from_.this, join.this]
+    aliases = [item.alias_or_name for item in items]
+    if len(set(aliases)) != 2:
+        return None
+
+    def side(node: exp.Expr) -> int | None:
+        """0 or 1: the item whose columns `node` reads; 2: none; None: both or unknown."""
+        tables = {c.table for c in node.find_all(exp.Column)}
+        if not tables:
+            return 2
+        if len(tables) > 1 or next(iter(tables)) not in aliases:
+            return None
+        return aliases.index(next(iter(tables)))
+
+    names = output_columns(sql)
+    if names is None:
+        return None
+    by_side: list[list[exp.Expr]] = [[], []]
+    owner: dict[str, int] = {}
+    for projection, name in zip(tree.expressions, names, strict=True):
+        where = side(projection)
+        if where is None:
+            return None
+        where = 0 if where == 2 else where
+        by_side[where].append(projection)
+        owner[name] = where
+    if left_column not in owner or right_column not in owner:
+        return None
+    first = owner[left_column]
+    if owner[right_column] == first:
+        return None
+    conditions: list[list[exp.Expr]] = [[], []]
+    where_ = tree.args.get("where")
+    for conjunct in conjuncts(where_.this) if where_ is not None else []:
+        at = side(conjunct)
+        if at is None:
+            return None
+        conditions[0 if at == 2 else at].append(conjunct)
+    if not by_side[1 - first]:
+        return None
+
+    def side_sql(index: int) -> str:
+        select = exp.select(*[p.copy() for p in by_side[index]]).from_(items[index].copy())
+        if conditions[index]:
+            select = select.where(exp.and_(*[c.copy() for c in conditions[index]]))
+        with_ = tree.args.get("with_")
+        if with_ is not None:
+            select.set("with_", with_.copy())
+            drop_unused_ctes(select)
+        return select.sql(DIALECT)
+
+    left_names = tuple(n for n in names if owner[n] == first)
+    return JoinSides(side_sql(first), side_sql(1 - first), names, left_names)
+
+
+def without_output_functions(sql: str, functions: list[str]) -> str | None:
+    """`sql` with every call of `functions` replaced by NULL, when they are called only in the
+    SELECT list of the outermost query (so the rows are the same); else None.
+
+    >>> without_output_functions("SELECT k, f(LIST(x)) AS s FROM t GROUP BY k", ["f"])
+    'SELECT k, NULL AS s FROM t GROUP BY k'
+    """
+    tree = parse(sql)
+    if not isinstance(tree, exp.Select) or tree.args.get("distinct"):
+        return None
+    names = {f.lower() for f in functions}
+    calls = [n for n in tree.find_all(exp.Anonymous) if str(n.this).lower() in names]
+    projections = {id(n) for p in tree.expressions for n in p.walk()}
+    if not calls or any(id(c) not in projections for c in calls):
+        return None
+    for call in calls:
+        call.replace(exp.Null())
+    return tree.sql(DIALECT)
 
 
 def aggregate_probe(sql: str, function: str) -> str | None:

@@ -131,7 +131,7 @@ class Statistics:
         self._distinct_values: dict[tuple[str, tuple[str, str]], tuple[str, ...] | None] = {}
         self._prompts: dict[tuple[LLMCall, tuple[str, ...]], PromptStats] = {}
         self._selectivity: dict[tuple[LLMCall, tuple[str, ...]], float] = {}
-        self._columns: dict[str, tuple[str, ...] | None] = {}
+        self._columns: dict[str, dict[str, str] | None] = {}
         self.sampled_requests = 0
         """Rows asked of a model to estimate selectivities (their answers are reused)."""
         self.sql_queries = 0
@@ -152,9 +152,14 @@ class Statistics:
 
     def columns(self, sql: str) -> tuple[str, ...] | None:
         """Output columns of a query DuckDB can describe (a source without named inputs)."""
+        types = self.column_types(sql)
+        return tuple(types) if types is not None else None
+
+    def column_types(self, sql: str) -> dict[str, str] | None:
+        """Output column -> DuckDB type name of a query DuckDB can describe."""
         if sql not in self._columns:
             rows = self._query(f"DESCRIBE {sql}")
-            self._columns[sql] = tuple(str(r[0]) for r in rows) if rows else None
+            self._columns[sql] = {str(r[0]): str(r[1]) for r in rows} if rows else None
         return self._columns[sql]
 
     def filter_selectivity(self, sql: str, predicate: str) -> float | None:
@@ -374,11 +379,8 @@ class Statistics:
 
 
 def _static_prefix(call: LLMCall) -> str:
-    """The text every prompt of `call` starts with (task header + template up to the data)."""
-    template = call.template
-    if template.inline:
-        return call.header() + template.static_prefix
-    return call.header() + template.instruction_text().rstrip() + "\n\n"
+    """The text every prompt of `call` starts with (the template up to its first value)."""
+    return call.template.static_prefix
 
 
 def _common_prefix_tokens(a: str, b: str, count: Callable[[str], int]) -> int:

@@ -6,11 +6,18 @@
     >>> t.render(["It came late."])
     'Is this review about delivery? It came late.'
 
-When every slot stands at the end of the template, values are rendered in place. Otherwise the
-instruction keeps its static text first, with slots shown as `[name]`, and the values follow as
-`name: value` lines, so all rows share the instruction as a cacheable prefix:
+A template renders as the user wrote it: each slot replaced by its value's text, nothing more,
+wherever the slot stands:
 
     >>> parse_template("Does {text} mention {product}?").render(["It broke.", "kettle"])
+    'Does It broke. mention kettle?'
+
+The other layout, the instruction first and the values after it as `name: value` lines, is
+that of FlockMTL-style calls (whose inputs are a struct of named columns) and of the optimizer's
+opt-in `prompt_values_last_*` rewrites, which trade the user's wording for a longer prefix every
+row shares (`values_last`):
+
+    >>> values_last(parse_template("Does {text} mention {product}?")).render(["It broke.", "kettle"])
     'Does [text] mention [product]?\\n\\ntext: It broke.\\nproduct: kettle'
 """
 
@@ -48,15 +55,17 @@ class PromptTemplate:
     parts: tuple[str | Slot, ...]
     data_last: bool = False
     """Render the literal text as the instruction and every slot as a `name: value` line after it
-    (the layout of FlockMTL-style calls, whose inputs are a struct of named columns)."""
+    (the layout of FlockMTL-style calls, whose inputs are a struct of named columns, and of the
+    opt-in values-last rewrite); False: in place, as written."""
 
     @property
     def slots(self) -> tuple[Slot, ...]:
         return tuple(p for p in self.parts if isinstance(p, Slot))
 
     @property
-    def inline(self) -> bool:
-        """True when no literal text (other than whitespace/punctuation) follows the first slot."""
+    def text_after_first_slot(self) -> bool:
+        """True when literal words (not just whitespace or punctuation) follow the first slot:
+        rendered in place, rows then share only the text before that slot."""
         if self.data_last:
             return False
         seen_slot = False
@@ -64,22 +73,24 @@ class PromptTemplate:
             if isinstance(part, Slot):
                 seen_slot = True
             elif seen_slot and any(ch.isalnum() for ch in part):
-                return False
-        return True
+                return True
+        return False
 
     @property
     def static_prefix(self) -> str:
         """The text every rendered prompt starts with."""
-        if self.inline:
-            out = []
-            for part in self.parts:
-                if isinstance(part, Slot):
-                    break
-                out.append(part)
-            return "".join(out)
-        return self.instruction_text()
+        if self.data_last:
+            return self.instruction_text().rstrip() + "\n\n"
+        out = []
+        for part in self.parts:
+            if isinstance(part, Slot):
+                break
+            out.append(part)
+        return "".join(out)
 
     def instruction_text(self) -> str:
+        """The literal text, with each slot shown as `[name]` (data-last templates: the
+        instruction alone)."""
         if self.data_last:
             return "".join(p for p in self.parts if isinstance(p, str))
         return "".join(f"[{p.name}]" if isinstance(p, Slot) else p for p in self.parts)
@@ -88,7 +99,7 @@ class PromptTemplate:
         """The prompt for one row; `values` are the slot values in slot order."""
         if len(values) != len(self.slots):
             raise ValueError(f"template has {len(self.slots)} slots, got {len(values)} values")
-        if self.inline:
+        if not self.data_last:
             it = iter(values)
             return "".join(next(it) if isinstance(p, Slot) else p for p in self.parts)
         data = "\n".join(f"{slot.name}: {value}" for slot, value in zip(self.slots, values, strict=True))
@@ -102,6 +113,16 @@ class PromptTemplate:
             "{" + str(p) + "}" if isinstance(p, Slot) else p.replace("{", "{{").replace("}", "}}")
             for p in self.parts
         )
+
+
+def values_last(template: PromptTemplate) -> PromptTemplate:
+    """The values-last layout of an in-place template: the text with `[name]` markers as the
+    instruction, the values after it as `name: value` lines (a prompt the user did not write:
+    the optimizer's opt-in `prompt_values_last_*` rules use it where the cost model prices the
+    longer shared prefix lower)."""
+    if template.data_last:
+        return template
+    return PromptTemplate((template.instruction_text(), *template.slots), data_last=True)
 
 
 def parse_template(text: str, *, location: SourceLocation | None = None) -> PromptTemplate:
