@@ -110,6 +110,9 @@ class StatementStats:
     """Answers that broke the output type; their values are NULL."""
     failed_requests: int = 0
     """Requests the backend could not answer (e.g. prompt longer than the context window)."""
+    aborted_requests: int = 0
+    """Requests sent and then aborted in the engine because nothing needed their answers any
+    more (a LIMIT was reached, the statement was cancelled); counted in `llm_requests`."""
     backend_calls: int = 0
     """Hand-overs to a backend that carried this statement's requests: the requests that became
     ready in one round of the event loop go to the engine together (as one batch for backends
@@ -150,6 +153,7 @@ class StatementStats:
         for key in (
             "llm_requests", "prompt_tokens", "cached_prompt_tokens", "output_tokens",
             "deduplicated_requests", "shared_requests", "invalid_answers", "failed_requests",
+            "aborted_requests",
             "backend_calls", "agent_steps", "tool_calls", "deduplicated_tool_calls", "tool_errors",
             "llm_seconds", "planning_seconds", "null_failures",
         ):
@@ -241,6 +245,15 @@ class ModelQueue:
         except asyncio.CancelledError:
             waiter.cancelled = True
             if flight.payer() is None:  # nobody wants the answer any more: stop the work
+                done = flight.future.done() and not flight.future.cancelled()
+                if stats is not None and done and flight.future.exception() is None:
+                    # Answered just as its asker gave up: the engine did the work all the same.
+                    response, seconds, _ = flight.future.result()
+                    stats.account(response, seconds)
+                elif stats is not None and flight.task is not None and not done:
+                    # It reached the engine: sent, and aborted there (its tokens are unknown).
+                    stats.llm_requests += 1
+                    stats.aborted_requests += 1
                 self._abandon(flight)
             raise
         payer = flight.payer()
