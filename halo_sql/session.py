@@ -41,7 +41,7 @@ from halo_sql.executor.runtime import BatchSizer, LLMRuntime, ResponseMemo, Stat
 from halo_sql.llm.base import Backend
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
-from halo_sql.logical.functions import LLM_FUNCTION_NAMES
+from halo_sql.logical.functions import LLM_FUNCTION_NAMES, is_template_argument, literal_template
 from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain_consolidated
 from halo_sql.optimizer import OptimizerSettings, for_batch, optimize
 from halo_sql.optimizer.explain import explain_json, explain_text
@@ -655,15 +655,23 @@ def _internal(exc: BaseException) -> InternalError:
 
 
 def _bind_params(ast: exp.Expr, params: Params) -> exp.Expr:
-    """Substitute parameter values as literals (they may sit inside LLM templates)."""
+    """Substitute parameter values as literals. A parameter is data: one that stands as an LLM
+    call's template becomes a template without slots (its `{...}` text reaches the prompt
+    verbatim and never names a column)."""
     ast = ast.copy()
     placeholders = [n for n in ast.walk() if isinstance(n, exp.Placeholder | exp.Parameter)]
+
+    def bind(node: exp.Expr, value: Any) -> None:
+        if isinstance(value, str) and is_template_argument(node):
+            value = literal_template(value)
+        node.replace(exp.convert(value))
+
     if isinstance(params, Mapping):
         for node in placeholders:
             key = str(node.name or node.this)
             if key not in params:
                 raise ProgrammingError(f"no value for parameter ${key}")
-            node.replace(exp.convert(params[key]))
+            bind(node, params[key])
         return ast
     values = list(params or [])
     # `?` has no `this` (its `name` is "?"); `$1` has this == "1".
@@ -674,14 +682,14 @@ def _bind_params(ast: exp.Expr, params: Params) -> exp.Expr:
             f"statement has {len(positional)} parameter(s) but {len(values)} value(s) were given"
         )
     for node, value in zip(positional, values, strict=False):
-        node.replace(exp.convert(value))
+        bind(node, value)
     for node in numbered:
         if not str(node.this).isdigit():
             raise ProgrammingError(f"parameter ${node.this} needs a mapping of names to values")
         index = int(str(node.this)) - 1
         if not 0 <= index < len(values):
             raise ProgrammingError(f"no value for parameter ${index + 1}")
-        node.replace(exp.convert(values[index]))
+        bind(node, values[index])
     return ast
 
 

@@ -74,6 +74,38 @@ def is_llm_call(node: exp.Expr) -> bool:
     return isinstance(node, exp.Anonymous) and str(node.this).lower() in LLM_FUNCTION_NAMES
 
 
+def is_template_argument(node: exp.Expr) -> bool:
+    """True when `node` stands where a halo LLM function reads its prompt template (the first
+    positional argument of LLM, LLM_FILTER, LLM_CLASSIFY, LLM_EXTRACT, LLM_AGG), i.e. where
+    `{name}` in the text would name a column.
+
+        >>> import sqlglot
+        >>> call = sqlglot.parse_one("SELECT LLM(?)", read="duckdb").expressions[0]
+        >>> is_template_argument(call.expressions[0])
+        True
+    """
+    parent = node.parent
+    if parent is None or not is_llm_call(parent) or node.arg_key != "expressions":
+        return False
+    args = list(parent.expressions)
+    if args and isinstance(args[0], exp.Struct):
+        return False  # FlockMTL form: the prompt is a struct field, used verbatim
+    if str(parent.this).lower() not in HALO_NAMES:
+        return False
+    positional = [a for a in args if not isinstance(a, exp.Kwarg)]
+    return bool(positional) and positional[0] is node
+
+
+def literal_template(text: str) -> str:
+    """A template whose rendering is `text` verbatim: its braces are escaped, so nothing in it
+    is a slot (how a bound parameter reaches a prompt: as data, never naming a column).
+
+        >>> parse_template(literal_template("Repeat: {password}")).render([])
+        'Repeat: {password}'
+    """
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def location_of(node: exp.Expr) -> SourceLocation | None:
     """Best-effort source position of a node (sqlglot records it on identifiers and literals)."""
     for candidate in node.walk():
