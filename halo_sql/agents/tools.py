@@ -368,11 +368,42 @@ def _run_python(tool: ToolSpec, arguments: Mapping[str, Any]) -> Observation:
     return Observation(_clip(_as_text(value), tool.max_chars), True)
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
-            return None  # urllib would otherwise follow a redirect to ftp://
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+class RedirectRefused(urllib.error.URLError):
+    """A tool's server redirected elsewhere than the tool's own origin."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port or default
+    except ValueError:  # a malformed port in a Location header
+        port = -1
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects only within the declared URL's origin (scheme, host, port): a tool is
+    declared for one service, so a redirect to another host (or to ftp://, file://) is refused
+    and the agent sees why, instead of the request (and its body) going elsewhere."""
+
+    def __init__(self, declared: str) -> None:
+        self.origin = _origin(declared)
+
+    def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def]
+        # Checked before urllib looks at the target (it would report a file:// target as a
+        # bare HTTP error): every redirect code goes through here.
+        target = headers.get("location") or headers.get("uri")
+        if target is not None:
+            newurl = urllib.parse.urljoin(req.full_url, target)
+            if _origin(newurl) != self.origin:
+                raise RedirectRefused(
+                    f"redirect refused: HTTP {code} to {newurl} leaves the tool's origin "
+                    f"{self.origin[0]}://{self.origin[1]}:{self.origin[2]}"
+                )
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def _run_http(tool: ToolSpec, arguments: Mapping[str, Any]) -> Observation:
@@ -390,7 +421,7 @@ def _run_http(tool: ToolSpec, arguments: Mapping[str, Any]) -> Observation:
         request = urllib.request.Request(
             url, data=body, method="POST", headers={"Content-Type": "application/json"}
         )
-    handlers: list[Any] = [_HttpOnlyRedirects()]
+    handlers: list[Any] = [_SameOriginRedirects(url)]
     if _is_loopback(parts.hostname or ""):
         handlers.append(urllib.request.ProxyHandler({}))
     opener = urllib.request.build_opener(*handlers)
