@@ -30,6 +30,7 @@ from halo_sql.errors import (
     BinderError,
     HaloError,
     InternalError,
+    NotSupportedError,
     ParseError,
     ProgrammingError,
     SourceLocation,
@@ -39,6 +40,7 @@ from halo_sql.executor.duckdb_bridge import duckdb_error
 from halo_sql.executor.engine import ExecutionContext, SubplanCache, execute
 from halo_sql.executor.runtime import BatchSizer, LLMRuntime, ResponseMemo, StatementStats
 from halo_sql.llm.base import Backend
+from halo_sql.llm.model_options import check_model_options
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
 from halo_sql.logical.functions import LLM_FUNCTION_NAMES, is_template_argument, literal_template
@@ -55,6 +57,7 @@ from halo_sql.parser.statements import (
     ShowModels,
     StatementText,
     is_own_statement,
+    option_locations,
     parse_own_statement,
     split_explain,
     split_statements,
@@ -265,6 +268,8 @@ class Session:
                 table = self._run_own(own)
             else:
                 is_explain, analyze, fmt, inner = split_explain(statement.text)
+                if is_explain:
+                    self._check_explained(inner, params)
                 plan = self._plan(statement, inner, params)
                 self.last_plan = plan
                 if is_explain and not analyze:
@@ -285,6 +290,27 @@ class Session:
             self.last_stats = stats
             self._current = None
         return Result(table, stats, statement.text)
+
+    def _check_explained(self, inner: str, params: Params) -> None:
+        """The statement after EXPLAIN must be one that could run: plain EXPLAIN runs nothing,
+        so without this check any text would 'explain' fine."""
+        if not _strip_sql_comments(inner).strip():
+            raise ParseError("EXPLAIN needs a statement to explain, e.g. EXPLAIN SELECT ...")
+        if is_own_statement(inner) or is_optimizer_setting(inner):
+            words = " ".join(inner.split()[:2]).upper()
+            raise NotSupportedError(
+                f"EXPLAIN explains queries and SQL statements; {words} is one of halo-sql's own "
+                "statements, which have no plan: run it directly"
+            )
+        if _LLM_NAME.search(inner):
+            return  # the planner binds it (LLM calls and all) and reports what is wrong
+        try:
+            relation = self.connection.sql(f"EXPLAIN {inner}", params=params or None)
+            if relation is not None:
+                relation.fetchall()
+        except duckdb.Error as exc:
+            error = duckdb_error(exc)
+            raise type(error)(f"EXPLAIN: {error.message}", location=error.location) from None
 
     def _plan(
         self, statement: StatementText, text: str, params: Params, *, batch: bool = False
@@ -494,8 +520,15 @@ class Session:
                 raise BinderError(
                     f"model {statement.name!r} already exists (use CREATE OR REPLACE MODEL)"
                 )
+            locations = option_locations(statement.options)
             options = dict(statement.options)
             path = options.pop("model", None)
+            if path is not None and not isinstance(path, str):
+                raise BinderError(
+                    f"CREATE MODEL {statement.name}: model must be a path or hub id string, "
+                    f"got {path!r}", location=locations.get("model"),
+                )
+            options = check_model_options(statement.name, statement.backend, options, locations)
             if statement.backend == "vllm" and not path:
                 raise BinderError(
                     f"CREATE MODEL {statement.name}: the vllm backend needs "
@@ -644,6 +677,10 @@ def _param_rows(session: Session, params: Any) -> list[Params]:
     if hasattr(params, "to_dict") and hasattr(params, "columns"):  # pandas
         return list(params.to_dict(orient="records"))
     return list(params)
+
+
+def _strip_sql_comments(text: str) -> str:
+    return re.sub(r"--[^\n]*|/\*.*?\*/", " ", text, flags=re.S)
 
 
 def _internal(exc: BaseException) -> InternalError:

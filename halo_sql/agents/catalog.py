@@ -35,6 +35,7 @@ from halo_sql.parser.statements import (
     DropTool,
     ShowAgents,
     ShowTools,
+    option_locations,
 )
 
 _AGENTS_TABLE = "halo_catalog.agents"
@@ -115,9 +116,12 @@ class AgentCatalog:
             if fn is not None:
                 options["parameters"] = python_parameters(fn)
         try:
-            tool = ToolSpec.create(name, statement.kind, statement.target, options)
+            tool = ToolSpec.create(
+                name, statement.kind, statement.target, options, option_locations(statement.options)
+            )
         except BinderError as exc:
-            raise BinderError(exc.message if exc.message.startswith(where) else f"{where}: {exc.message}") from None
+            message = exc.message if exc.message.startswith(where) else f"{where}: {exc.message}"
+            raise BinderError(message, location=exc.location) from None
         if tool.kind is ToolKind.SQL:
             try:
                 sql = check_read_only(tool.target, tool.tables)
@@ -152,7 +156,7 @@ class AgentCatalog:
             return None
         if name in self.agents and not statement.replace:
             raise BinderError(f"agent {name!r} already exists (use CREATE OR REPLACE AGENT)")
-        agent = AgentSpec.create(name, statement.options)
+        agent = AgentSpec.create(name, statement.options, option_locations(statement.options))
         missing = [t for t in agent.tools if t not in self.tools]
         if missing:
             known = ", ".join(sorted(self.tools)) or "none"
