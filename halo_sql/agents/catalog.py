@@ -23,6 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from halo_sql.agents.safety import check_read_only, tables_read
+from halo_sql.agents.sandbox import admit
 from halo_sql.agents.spec import AgentSpec, ToolKind, ToolSpec
 from halo_sql.agents.tools import python_parameters, registered_function, registered_names
 from halo_sql.errors import BinderError
@@ -127,7 +128,11 @@ class AgentCatalog:
                 sql = check_read_only(tool.target, tool.tables)
             except BinderError as exc:
                 raise BinderError(f"{where}: refused: {exc.message}") from None
-            self._check_binds(sql, tool, where)
+            self._check_binds(sql, tool, where)  # typos and unknown columns, named as DuckDB does
+            try:
+                admit(tool, self.connection)
+            except BinderError as exc:
+                raise BinderError(f"{where}: refused: {exc.message}") from None
         elif tool.kind is ToolKind.PYTHON and registered_function(tool.target) is None:
             known = ", ".join(registered_names()) or "none"
             raise BinderError(

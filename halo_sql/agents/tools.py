@@ -3,7 +3,8 @@
 Tool calls of one agent step are collected and run as a batch: identical calls (same tool, same
 arguments) run once per statement, or once per batch of queries, and every caller sees the same
 observation. SQL tools run on the session's DuckDB connection with bound parameters, in the
-operator's thread; PYTHON and HTTP tools run on threads, at most the tool's `concurrency` at a
+operator's thread, once the sandbox admitted them (halo_sql.agents.sandbox: they can only see the
+tables they declare); PYTHON and HTTP tools run on threads, at most the tool's `concurrency` at a
 time, so they proceed while the model works on other rows.
 
 Failures never escape: an exception, an HTTP error, a refused query or a timeout becomes an
@@ -35,7 +36,8 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from halo_sql.agents.safety import UnsafeQuery, check_read_only
+from halo_sql.agents.safety import UnsafeQuery
+from halo_sql.agents.sandbox import admit
 from halo_sql.agents.spec import ToolKind, ToolSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -323,7 +325,7 @@ def _run_sql(
     connection: duckdb.DuckDBPyConnection, tool: ToolSpec, arguments: Mapping[str, Any]
 ) -> Observation:
     try:
-        sql = check_read_only(tool.target, tool.tables)
+        sql = admit(tool, connection)  # bound where only the declared tables exist
     except UnsafeQuery as exc:
         return Observation(f"error: refused: {exc.message}", False)
     names = set(tool.parameter_schema.get("properties", {}))
