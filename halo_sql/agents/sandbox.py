@@ -189,7 +189,8 @@ class _Sandbox:
             ) from None
         for leaf in _leaves(json.loads(rows[0][1])):
             operator = str(leaf.get("name", "")).strip()
-            info = leaf.get("extra_info") if isinstance(leaf.get("extra_info"), dict) else {}
+            extra = leaf.get("extra_info")
+            info: dict[str, Any] = extra if isinstance(extra, dict) else {}
             if operator in _HARMLESS_LEAVES:
                 continue
             what = info.get("Table") or info.get("Function") or operator
