@@ -46,7 +46,8 @@ def test_http_endpoint_answers_queries_errors_and_stats(session: Session) -> Non
         def post(payload: dict[str, object]) -> tuple[int, dict[str, object]]:
             request = urllib.request.Request(
                 server.url + "/query", data=json.dumps(payload).encode(), method="POST",
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json",
+                         "Authorization": f"Bearer {server.token}"},
             )
             try:
                 with urllib.request.urlopen(request, timeout=30) as reply:
@@ -64,7 +65,10 @@ def test_http_endpoint_answers_queries_errors_and_stats(session: Session) -> Non
         assert "nope" in body["error"]["message"]
         status, body = post({"query": "x"})
         assert status == 400
-        with urllib.request.urlopen(server.url + "/stats", timeout=10) as reply:
+        stats_request = urllib.request.Request(
+            server.url + "/stats", headers={"Authorization": f"Bearer {server.token}"}
+        )
+        with urllib.request.urlopen(stats_request, timeout=10) as reply:
             stats = json.loads(reply.read())
         assert stats["queries"] == 2 and stats["failed"] == 1
     finally:
