@@ -344,7 +344,8 @@ def read_only_refusal(sql: str) -> str | None:
                 return refusal
             continue
         try:
-            kinds = [s.type for s in duckdb.extract_statements(text)]
+            with _parser_lock:
+                kinds = [s.type for s in _parser_connection().extract_statements(text)]
         except duckdb.Error:
             continue  # not SQL DuckDB reads: the session reports the syntax error
         for kind in kinds:
@@ -359,12 +360,11 @@ def read_only_refusal(sql: str) -> str | None:
 def _written_in(sql: str) -> str | None:
     """The write a SELECT hides (a data-modifying CTE), read from DuckDB's own parse on a private
     database (the served one may define macros that shadow json_serialize_sql)."""
-    global _parser
     with _parser_lock:
-        if _parser is None:
-            _parser = duckdb.connect(":memory:")
         try:
-            rows = _parser.execute("SELECT json_serialize_sql($q)", {"q": sql}).fetchall()
+            rows = _parser_connection().execute(
+                "SELECT json_serialize_sql($q)", {"q": sql}
+            ).fetchall()
         except duckdb.Error:
             return None
     tree = json.loads(rows[0][0])
@@ -373,6 +373,14 @@ def _written_in(sql: str) -> str | None:
             if word in kind:
                 return word
     return None
+
+
+def _parser_connection() -> duckdb.DuckDBPyConnection:
+    """A private, empty database for reading statements (call with _parser_lock held)."""
+    global _parser
+    if _parser is None:
+        _parser = duckdb.connect(":memory:")
+    return _parser
 
 
 def _node_types(tree: Any) -> Iterable[str]:
