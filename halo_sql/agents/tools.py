@@ -257,6 +257,7 @@ class ToolRunner:
         self.pending_sql: list[tuple[ToolCall, ToolSpec, dict[str, Any]]] = []
         self.executed = 0
         self.deduplicated = 0
+        self.admissions: dict[ToolSpec, str | UnsafeQuery] = {}
 
     def start(self, tool: ToolSpec, arguments: dict[str, Any]) -> ToolCall:
         problem = argument_problem(tool, arguments)
@@ -287,7 +288,18 @@ class ToolRunner:
         """Run the SQL calls collected so far, one after another on the connection."""
         jobs, self.pending_sql = self.pending_sql, []
         for call, tool, arguments in jobs:
-            _run_call(call, functools.partial(_run_sql, self.connection, tool, arguments))
+            _run_call(call, functools.partial(_run_sql, self.connection, tool, arguments,
+                                              self._admitted(tool)))
+
+    def _admitted(self, tool: ToolSpec) -> str | UnsafeQuery:
+        """The tool's admitted SQL (or why it is refused), decided once per operator run: the
+        catalog it is checked against does not change under a running statement."""
+        if tool not in self.admissions:
+            try:
+                self.admissions[tool] = admit(tool, self.connection)
+            except UnsafeQuery as exc:
+                self.admissions[tool] = exc
+        return self.admissions[tool]
 
 
 def argument_problem(tool: ToolSpec, arguments: Any) -> str | None:
@@ -322,12 +334,14 @@ def _as_text(value: Any) -> str:
 
 
 def _run_sql(
-    connection: duckdb.DuckDBPyConnection, tool: ToolSpec, arguments: Mapping[str, Any]
+    connection: duckdb.DuckDBPyConnection,
+    tool: ToolSpec,
+    arguments: Mapping[str, Any],
+    admitted: str | UnsafeQuery,
 ) -> Observation:
-    try:
-        sql = admit(tool, connection)  # bound where only the declared tables exist
-    except UnsafeQuery as exc:
-        return Observation(f"error: refused: {exc.message}", False)
+    if isinstance(admitted, UnsafeQuery):  # the sandbox refused it (halo_sql.agents.sandbox)
+        return Observation(f"error: refused: {admitted.message}", False)
+    sql = admitted
     names = set(tool.parameter_schema.get("properties", {}))
     params = {k: v for k, v in arguments.items() if k in names}
     timed_out = threading.Event()
