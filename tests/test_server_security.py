@@ -8,6 +8,7 @@ import base64
 import contextlib
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -374,3 +375,31 @@ def test_the_command_prints_the_token_and_fails_cleanly_on_a_busy_port(tmp_path:
         taken.close()
     assert done.returncode == 1
     assert done.stderr.startswith("Error: cannot listen on 127.0.0.1:") and "Traceback" not in done.stderr
+
+
+def test_the_command_prints_a_token_that_opens_the_server() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HALO_SERVER_TOKEN"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "halo_sql.cli", "serve", "--backend", "sim", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=Path(__file__).parents[1],
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        token_line = process.stdout.readline()
+        assert "(read-only)" in banner, banner
+        url = banner.split(" on ")[1].split(" ")[0]
+        token = token_line.split()[1]
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        body = json.dumps({"sql": "SELECT 41 + 1 AS answer"})
+        conn.request("POST", "/query", body=body, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        reply = conn.getresponse()
+        assert reply.status == 200 and json.loads(reply.read())["rows"] == [[42]]
+        conn.request("POST", "/query", body=body, headers={"Content-Type": "application/json"})
+        assert conn.getresponse().status == 401
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

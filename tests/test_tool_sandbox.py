@@ -66,6 +66,7 @@ ESCAPES = {
     "current_setting": "SELECT current_setting('secret_directory') AS s FROM orders",
     "getvariable": "SELECT getvariable('api_key') AS k FROM orders",
     "version": "SELECT version() AS v",
+    "getenv": "SELECT getenv('HOME') AS h FROM orders",
     "duckdb_settings": "SELECT * FROM duckdb_settings()",
     "settings_in_a_subquery": "SELECT (SELECT max(value) FROM duckdb_settings()) AS v FROM orders",
     "duckdb_secrets": "SELECT * FROM duckdb_secrets()",
