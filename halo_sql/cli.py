@@ -131,26 +131,44 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("vllm", "sim"), help="backend of the default model")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
-    parser.add_argument("--latency-budget-ms", type=float, default=50.0,
-                        help="how long an arrival may wait for others to share its batch")
-    parser.add_argument("--max-batch", type=int, default=256, help="largest mini-batch")
+    parser.add_argument("--allow-writes", action="store_true",
+                        help="run any statement (default: queries only); all clients share the "
+                             "database, its macros, models, agents and tools")
+    parser.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[],
+                        metavar="HOST:PORT",
+                        help="another Host header naming this server, e.g. a proxy's (repeatable)")
+    parser.add_argument("--allowed-origin", dest="allowed_origins", action="append", default=[],
+                        metavar="ORIGIN",
+                        help="a web origin whose pages may call the server (repeatable; default none)")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                        help="largest request body (default 1 MiB)")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     import time
 
     from halo_sql.errors import HaloError
-    from halo_sql.frontends.server import serve
+    from halo_sql.frontends.server import TOKEN_ENV, serve
 
     try:
         server = serve(
             args.database, host=args.host, port=args.port, model=args.model, backend=args.backend,
-            latency_budget_ms=args.latency_budget_ms, max_batch=args.max_batch,
+            allow_writes=args.allow_writes, allowed_hosts=args.allowed_hosts,
+            allowed_origins=args.allowed_origins, max_body_bytes=args.max_body_bytes,
         )
     except (HaloError, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    print(f"halo-sql serving on {server.url} (POST /query, GET /stats); Ctrl-C stops", flush=True)
+    mode = "read-write" if args.allow_writes else "read-only"
+    print(f"halo-sql serving {args.database} ({mode}) on {server.url} (POST /query, GET /stats); "
+          "Ctrl-C stops", flush=True)
+    import os
+
+    if os.environ.get(TOKEN_ENV):
+        print(f"token: from ${TOKEN_ENV}", flush=True)
+    else:
+        print(f"token: {server.token}   (send 'Authorization: Bearer <token>'; set ${TOKEN_ENV} "
+              "to choose it)", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -32,6 +32,7 @@ from halo_sql.errors import (
     HaloError,
     InternalError,
     ModelError,
+    NotSupportedError,
     ParseError,
     ProgrammingError,
     QueryCancelled,
@@ -43,9 +44,10 @@ from halo_sql.executor.engine import ConnectionSource, ExecutionContext, Subplan
 from halo_sql.executor.runtime import LLMRuntime, ResponseMemo, StatementStats
 from halo_sql.llm import aio
 from halo_sql.llm.base import Backend
+from halo_sql.llm.model_options import check_model_options
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
-from halo_sql.logical.functions import LLM_FUNCTION_NAMES
+from halo_sql.logical.functions import LLM_FUNCTION_NAMES, is_template_argument, literal_template
 from halo_sql.logical.instantiate import instantiate
 from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain_consolidated
 from halo_sql.optimizer import OptimizerSettings, for_batch, optimize
@@ -61,6 +63,7 @@ from halo_sql.parser.statements import (
     ShowModels,
     StatementText,
     is_own_statement,
+    option_locations,
     parse_own_statement,
     split_explain,
     split_statements,
@@ -258,6 +261,8 @@ class Session:
                 table = self._run_own(own)
             else:
                 is_explain, analyze, fmt, inner = split_explain(statement.text)
+                if is_explain:
+                    self._check_explained(inner, params)
                 planning = time.perf_counter()
                 plan = self._plan(statement, inner, params)
                 stats.planning_seconds = time.perf_counter() - planning
@@ -280,6 +285,27 @@ class Session:
             self.last_stats = stats
             self._current = None
         return Result(table, stats, statement.text)
+
+    def _check_explained(self, inner: str, params: Params) -> None:
+        """The statement after EXPLAIN must be one that could run: plain EXPLAIN runs nothing,
+        so without this check any text would 'explain' fine."""
+        if not _strip_sql_comments(inner).strip():
+            raise ParseError("EXPLAIN needs a statement to explain, e.g. EXPLAIN SELECT ...")
+        if is_own_statement(inner) or is_optimizer_setting(inner):
+            words = " ".join(inner.split()[:2]).upper()
+            raise NotSupportedError(
+                f"EXPLAIN explains queries and SQL statements; {words} is one of halo-sql's own "
+                "statements, which have no plan: run it directly"
+            )
+        if _LLM_NAME.search(inner):
+            return  # the planner binds it (LLM calls and all) and reports what is wrong
+        try:
+            relation = self.connection.sql(f"EXPLAIN {inner}", params=params or None)
+            if relation is not None:
+                relation.fetchall()
+        except duckdb.Error as exc:
+            error = duckdb_error(exc)
+            raise type(error)(f"EXPLAIN: {error.message}", location=error.location) from None
 
     def _plan(
         self, statement: StatementText, text: str, params: Params, *, batch: bool = False
@@ -550,8 +576,15 @@ class Session:
                 raise BinderError(
                     f"model {statement.name!r} already exists (use CREATE OR REPLACE MODEL)"
                 )
+            locations = option_locations(statement.options)
             options = dict(statement.options)
             path = options.pop("model", None)
+            if path is not None and not isinstance(path, str):
+                raise BinderError(
+                    f"CREATE MODEL {statement.name}: model must be a path or hub id string, "
+                    f"got {path!r}", location=locations.get("model"),
+                )
+            options = check_model_options(statement.name, statement.backend, options, locations)
             if statement.backend == "vllm" and not path:
                 raise BinderError(
                     f"CREATE MODEL {statement.name}: the vllm backend needs "
@@ -669,6 +702,10 @@ def _as_halo_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _strip_sql_comments(text: str) -> str:
+    return re.sub(r"--[^\n]*|/\*.*?\*/", " ", text, flags=re.S)
+
+
 def _internal(exc: BaseException) -> InternalError:
     error = InternalError(
         f"internal error ({type(exc).__name__}: {exc}); please report it with the statement"
@@ -678,15 +715,23 @@ def _internal(exc: BaseException) -> InternalError:
 
 
 def _bind_params(ast: exp.Expr, params: Params) -> exp.Expr:
-    """Substitute parameter values as literals (they may sit inside LLM templates)."""
+    """Substitute parameter values as literals. A parameter is data: one that stands as an LLM
+    call's template becomes a template without slots (its `{...}` text reaches the prompt
+    verbatim and never names a column)."""
     ast = ast.copy()
     placeholders = [n for n in ast.walk() if isinstance(n, exp.Placeholder | exp.Parameter)]
+
+    def bind(node: exp.Expr, value: Any) -> None:
+        if isinstance(value, str) and is_template_argument(node):
+            value = literal_template(value)
+        node.replace(exp.convert(value))
+
     if isinstance(params, Mapping):
         for node in placeholders:
             key = str(node.name or node.this)
             if key not in params:
                 raise ProgrammingError(f"no value for parameter ${key}")
-            node.replace(exp.convert(params[key]))
+            bind(node, params[key])
         return ast
     values = list(params or [])
     # `?` has no `this` (its `name` is "?"); `$1` has this == "1".
@@ -697,14 +742,14 @@ def _bind_params(ast: exp.Expr, params: Params) -> exp.Expr:
             f"statement has {len(positional)} parameter(s) but {len(values)} value(s) were given"
         )
     for node, value in zip(positional, values, strict=False):
-        node.replace(exp.convert(value))
+        bind(node, value)
     for node in numbered:
         if not str(node.this).isdigit():
             raise ProgrammingError(f"parameter ${node.this} needs a mapping of names to values")
         index = int(str(node.this)) - 1
         if not 0 <= index < len(values):
             raise ProgrammingError(f"no value for parameter ${index + 1}")
-        node.replace(exp.convert(values[index]))
+        bind(node, values[index])
     return ast
 
 

@@ -62,7 +62,7 @@ CASES = [
      ParseError, ["unexpected ')'", "CREATE MODEL name USING"], (1, 37)),
     ("unknown_sim_option", "CREATE MODEL m USING sim WITH (colour => 'red');\n"
      "SELECT LLM('x {text}', model => 'm') FROM reviews",
-     BinderError, ["unknown option(s) ['colour'] for sim", "context_window"], None),
+     BinderError, ["CREATE MODEL m: unknown option(s) ['colour'] for sim", "context_window"], (1, 32)),
     # -- labels and schemas
     ("labels_not_a_list", "SELECT LLM_CLASSIFY('x {text}', 'good') FROM reviews",
      BinderError, ["labels must be a list literal", "got 'good'"], (1, 8)),
@@ -98,11 +98,11 @@ CASES = [
     ("unknown_option", "SELECT LLM('x {text}', colour => 'red') FROM reviews",
      BinderError, ["unknown option(s) ['colour']", "model, max_tokens, temperature"], (1, 8)),
     ("max_tokens_zero", "SELECT LLM('x {text}', max_tokens => 0) FROM reviews",
-     BinderError, ["max_tokens must be at least 1"], (1, 8)),
+     BinderError, ["LLM: max_tokens must be a positive integer", "got 0"], (1, 38)),
     ("max_tokens_not_a_number", "SELECT LLM('x {text}', max_tokens => 'many') FROM reviews",
      BinderError, ["max_tokens must be a number, got 'many'"], None),
     ("negative_temperature", "SELECT LLM('x {text}', temperature => -1) FROM reviews",
-     BinderError, ["temperature must be >= 0"], (1, 8)),
+     BinderError, ["LLM: temperature must be a finite number >= 0, got -1"], (1, 39)),
     ("nested_llm_template", "SELECT LLM(LLM('x {text}')) FROM reviews",
      BinderError, ["the template must be a string literal"], None),
     ("flockmtl_one_argument", "SELECT llm_complete({'model_name': 'default'}) FROM reviews",

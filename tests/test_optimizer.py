@@ -358,6 +358,10 @@ class _Recording:
         self.prompts += [r.prompt for r in requests]
         return list(self.inner.generate(requests))
 
+    async def agenerate(self, request: Any, *, priority: int = 0) -> Any:
+        self.prompts.append(request.prompt)
+        return await self.inner.agenerate(request, priority=priority)
+
 
 def test_the_model_is_sent_the_template_as_written(con: halo_sql.Connection) -> None:
     from halo_sql.executor.runtime import LLMRuntime

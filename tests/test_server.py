@@ -1,4 +1,4 @@
-"""Online mode: concurrent arrivals are grouped into mini-batches and answered correctly."""
+"""Online mode: concurrent arrivals join the running work at once and are answered correctly."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 import halo_sql
-from halo_sql.frontends.server import MiniBatcher
+from halo_sql.frontends.server import OnlineRunner
 from halo_sql.session import Session
 
 SQL = "SELECT id, LLM_CLASSIFY('Mood of: {text}', ['up', 'down']) AS mood FROM notes WHERE id = ?"
@@ -24,29 +24,29 @@ def session() -> Session:
     return session
 
 
-def test_concurrent_submissions_share_mini_batches_and_match_one_by_one(session: Session) -> None:
+def test_concurrent_submissions_match_one_by_one(session: Session) -> None:
     expected = [session.execute(SQL, [i]).table.to_pylist() for i in range(40)]  # type: ignore[union-attr]
-    batcher = MiniBatcher(session, latency_budget_ms=200, max_batch=64)
+    runner = OnlineRunner(session)
     try:
         with ThreadPoolExecutor(16) as pool:
-            futures = list(pool.map(lambda i: batcher.submit(SQL, [i]), range(40)))
+            futures = list(pool.map(lambda i: runner.submit(SQL, [i]), range(40)))
         got = [f.result(timeout=30).table.to_pylist() for f in futures]  # type: ignore[union-attr]
     finally:
-        batcher.close()
+        runner.close()
     assert got == expected
-    stats = batcher.stats.as_dict()
-    assert stats["queries"] == 40
-    assert stats["batches"] < 40, "arrivals within the latency budget must share a batch"
+    stats = runner.stats.as_dict()
+    assert stats["queries"] == 40 and stats["failed"] == 0 and stats["in_flight"] == 0
     assert stats["latency_ms"]["p50"] is not None
 
 
 def test_http_endpoint_answers_queries_errors_and_stats(session: Session) -> None:
-    server = halo_sql.serve(session=session, port=0, latency_budget_ms=5)
+    server = halo_sql.serve(session=session, port=0)
     try:
         def post(payload: dict[str, object]) -> tuple[int, dict[str, object]]:
             request = urllib.request.Request(
                 server.url + "/query", data=json.dumps(payload).encode(), method="POST",
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json",
+                         "Authorization": f"Bearer {server.token}"},
             )
             try:
                 with urllib.request.urlopen(request, timeout=30) as reply:
@@ -64,7 +64,10 @@ def test_http_endpoint_answers_queries_errors_and_stats(session: Session) -> Non
         assert "nope" in body["error"]["message"]
         status, body = post({"query": "x"})
         assert status == 400
-        with urllib.request.urlopen(server.url + "/stats", timeout=10) as reply:
+        stats_request = urllib.request.Request(
+            server.url + "/stats", headers={"Authorization": f"Bearer {server.token}"}
+        )
+        with urllib.request.urlopen(stats_request, timeout=10) as reply:
             stats = json.loads(reply.read())
         assert stats["queries"] == 2 and stats["failed"] == 1
     finally:

@@ -23,6 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from halo_sql.agents.safety import check_read_only, tables_read
+from halo_sql.agents.sandbox import admit
 from halo_sql.agents.spec import AgentSpec, ToolKind, ToolSpec
 from halo_sql.agents.tools import python_parameters, registered_function, registered_names
 from halo_sql.errors import BinderError
@@ -35,6 +36,7 @@ from halo_sql.parser.statements import (
     DropTool,
     ShowAgents,
     ShowTools,
+    option_locations,
 )
 
 _AGENTS_TABLE = "halo_catalog.agents"
@@ -115,15 +117,22 @@ class AgentCatalog:
             if fn is not None:
                 options["parameters"] = python_parameters(fn)
         try:
-            tool = ToolSpec.create(name, statement.kind, statement.target, options)
+            tool = ToolSpec.create(
+                name, statement.kind, statement.target, options, option_locations(statement.options)
+            )
         except BinderError as exc:
-            raise BinderError(exc.message if exc.message.startswith(where) else f"{where}: {exc.message}") from None
+            message = exc.message if exc.message.startswith(where) else f"{where}: {exc.message}"
+            raise BinderError(message, location=exc.location) from None
         if tool.kind is ToolKind.SQL:
             try:
                 sql = check_read_only(tool.target, tool.tables)
             except BinderError as exc:
                 raise BinderError(f"{where}: refused: {exc.message}") from None
-            self._check_binds(sql, tool, where)
+            self._check_binds(sql, tool, where)  # typos and unknown columns, named as DuckDB does
+            try:
+                admit(tool, self.connection)
+            except BinderError as exc:
+                raise BinderError(f"{where}: refused: {exc.message}") from None
         elif tool.kind is ToolKind.PYTHON and registered_function(tool.target) is None:
             known = ", ".join(registered_names()) or "none"
             raise BinderError(
@@ -152,7 +161,7 @@ class AgentCatalog:
             return None
         if name in self.agents and not statement.replace:
             raise BinderError(f"agent {name!r} already exists (use CREATE OR REPLACE AGENT)")
-        agent = AgentSpec.create(name, statement.options)
+        agent = AgentSpec.create(name, statement.options, option_locations(statement.options))
         missing = [t for t in agent.tools if t not in self.tools]
         if missing:
             known = ", ".join(sorted(self.tools)) or "none"

@@ -1,12 +1,15 @@
 """The read-only check of SQL tools: one SELECT over the tables the tool declares, nothing else.
 
 An SQL tool's query runs on the session's database with arguments the *model* chose, so it is
-held to a strict shape before it is stored and again before every run:
+held to a strict shape before it is stored and again before every run. This is the second line:
+the first is the sandbox (halo_sql.agents.sandbox), where DuckDB binds the query against a
+catalog that holds only the declared tables. Here, by parsing:
 
 * exactly one statement, a query (SELECT, set operation, VALUES); no DDL or DML anywhere inside
   it (a data-modifying CTE included), no ATTACH/DETACH/COPY/INSTALL/LOAD/PRAGMA/SET/USE;
-* every table it reads is one the tool declares (or a CTE of the query itself); no table
-  functions (read_csv, glob, query, ...), no file paths or URLs in FROM;
+* every table it reads is one the tool declares (or a CTE visible where it is read: scopes are
+  followed, so a CTE named like an undeclared table does not hide that table in its own body);
+  no table functions (read_csv, glob, query, ...), no file paths or URLs in FROM;
 * no function that reads files, the network, secrets or the environment, or that changes state
   (nextval, setseed);
 * arguments are bound as parameters (`:name` becomes DuckDB's `$name`), never spliced as text;
@@ -22,7 +25,8 @@ held to a strict shape before it is stored and again before every run:
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from typing import Any
 
 import duckdb
 import sqlglot
@@ -40,16 +44,30 @@ _FORBIDDEN_NODES: tuple[type[exp.Expr], ...] = tuple(
     )
     if hasattr(exp, name)
 )
-_FORBIDDEN_FUNCTIONS = frozenset(
+STATE_FUNCTIONS = frozenset(
     {
-        "glob", "query", "query_table", "sniff_csv", "getenv", "nextval", "currval", "setseed",
-        "duckdb_secrets", "which_secret", "load_aws_credentials", "json_execute_serialized_sql",
-        "checkpoint", "force_checkpoint", "duckdb_extensions",
+        "current_setting", "getvariable", "getenv", "version", "current_database",
+        "current_catalog", "current_schema", "current_schemas", "current_query",
+        "current_query_id", "current_connection_id", "current_transaction_id", "txid_current",
+        "current_user", "current_role", "session_user", "user", "in_search_path", "which_secret",
+        "nextval", "currval", "setval", "setseed", "write_log", "stats", "vector_type",
+        "json_execute_serialized_sql", "query", "query_table", "sleep_ms", "pg_sleep",
     }
 )
+"""Built-in functions whose value comes from the engine's state (settings, variables, secrets,
+sessions, sequences) rather than from their arguments, or that change that state."""
+
+STATE_PREFIXES = ("duckdb_", "pg_", "has_", "sqlite_", "pragma_")
+"""Name prefixes of DuckDB's catalog and compatibility functions (duckdb_tables(),
+pg_get_viewdef(), has_table_privilege(), ...)."""
+
+_FORBIDDEN_FUNCTIONS = STATE_FUNCTIONS | {
+    "glob", "sniff_csv", "load_aws_credentials", "checkpoint", "force_checkpoint",
+    "current_version",  # sqlglot's name for version()
+}
 _FORBIDDEN_PREFIXES = (
-    "read_", "parquet_", "iceberg_", "delta_", "http_", "pragma_", "sqlite_", "postgres_",
-    "mysql_", "text_", "csv_",
+    "read_", "parquet_", "iceberg_", "delta_", "http_", "postgres_", "mysql_", "text_", "csv_",
+    *STATE_PREFIXES,
 )
 _FORBIDDEN_SUFFIXES = ("_scan",)
 
@@ -86,18 +104,63 @@ def check_read_only(sql: str, tables: Collection[str]) -> str:
 
 
 def tables_read(sql: str) -> list[str]:
-    """The tables a query reads (its own CTEs excluded), lower case and sorted: the default
-    declaration of an SQL tool created without `tables => [...]`."""
+    """The tables a query reads (its own CTEs excluded, scope by scope), lower case and sorted:
+    the default declaration of an SQL tool created without `tables => [...]`."""
     try:
         tree = sqlglot.parse_one(sql, read="duckdb")
     except SqlglotError as exc:
         raise UnsafeQuery(f"the query does not parse: {str(exc).splitlines()[0]}") from None
-    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     names = {
-        _full_name(t) for t in tree.find_all(exp.Table)
-        if isinstance(t.this, exp.Identifier) and t.name.lower() not in ctes
+        _full_name(t) for t, is_cte in table_references(tree)
+        if isinstance(t.this, exp.Identifier) and not is_cte
     }
     return sorted(names)
+
+
+def table_references(
+    node: exp.Expr, visible: frozenset[str] = frozenset()
+) -> Iterator[tuple[exp.Table, bool]]:
+    """Every table reference of a query, and whether it names a CTE *visible where it stands*.
+
+    A CTE is visible in the query that defines it and in the CTEs after it (in itself only when
+    the WITH is RECURSIVE); a qualified name (`main.t`) is never a CTE. So in
+    `WITH secret AS (SELECT * FROM secret) SELECT * FROM secret` the inner `secret` is the
+    table, not the CTE:
+
+        >>> tree = sqlglot.parse_one(
+        ...     "WITH secret AS (SELECT * FROM secret) SELECT * FROM secret", read="duckdb")
+        >>> [(t.name, is_cte) for t, is_cte in table_references(tree)]
+        [('secret', False), ('secret', True)]
+    """
+    if isinstance(node, exp.Table):
+        name = node.name.lower()
+        qualified = bool(node.args.get("db") or node.args.get("catalog"))
+        yield node, (not qualified and name in visible)
+        for key, child in node.args.items():
+            if key in ("this", "db", "catalog"):
+                continue  # the name itself
+            yield from _references_in(child, visible)
+        return
+    with_ = node.args.get("with_") or node.args.get("with")
+    if isinstance(with_, exp.With):
+        recursive = bool(with_.args.get("recursive"))
+        scope = set(visible)
+        for cte in with_.expressions:
+            name = cte.alias_or_name.lower()
+            inner = frozenset(scope | {name}) if recursive else frozenset(scope)
+            yield from table_references(cte.this, inner)
+            scope.add(name)
+        visible = frozenset(scope)
+    for key, child in node.args.items():
+        if child is with_ and key in ("with", "with_"):
+            continue
+        yield from _references_in(child, visible)
+
+
+def _references_in(child: Any, visible: frozenset[str]) -> Iterator[tuple[exp.Table, bool]]:
+    for item in child if isinstance(child, list) else [child]:
+        if isinstance(item, exp.Expr):
+            yield from table_references(item, visible)
 
 
 def _check_functions(tree: exp.Expr) -> None:
@@ -114,15 +177,14 @@ def _check_functions(tree: exp.Expr) -> None:
 
 
 def _check_tables(tree: exp.Expr, declared: set[str]) -> None:
-    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
-    for table in tree.find_all(exp.Table):
+    for table, is_cte in table_references(tree):
         if not isinstance(table.this, exp.Identifier):
             raise UnsafeQuery(
                 f"table functions are not allowed in a tool's query, found {table.this.sql('duckdb')}"
             )
-        name = _full_name(table)
-        if name in ctes:
+        if is_cte:
             continue
+        name = _full_name(table)
         if any(ch in table.name for ch in "/\\:.*?") or table.name.startswith("~"):
             raise UnsafeQuery(f"file paths and URLs are not tables: {table.name!r}")
         if name not in declared:

@@ -20,8 +20,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from halo_sql.errors import BinderError
-from halo_sql.logical.llm_call import schema_to_arrow, sql_type_for
+from halo_sql.errors import BinderError, SourceLocation
+from halo_sql.logical.llm_call import MAX_TOKENS, check_shorthand, schema_to_arrow, sql_type_for
+from halo_sql.options import Option, read_options
+
+_MAX_TIMEOUT = 24 * 3600.0
+_MAX_ROWS = 100_000
+_MAX_CONCURRENCY = 1024
 
 RESERVED_COLUMNS = ("steps", "tool_calls", "error")
 """Columns every agent output row has after its answer columns."""
@@ -90,28 +95,41 @@ class ToolSpec:
         return dict(json.loads(self.parameters))
 
     @staticmethod
-    def create(name: str, kind: str, target: str, options: Mapping[str, Any]) -> ToolSpec:
-        """A tool from CREATE TOOL's parts; raises BinderError naming what is wrong."""
+    def create(
+        name: str,
+        kind: str,
+        target: str,
+        options: Mapping[str, Any],
+        locations: Mapping[str, SourceLocation] | None = None,
+    ) -> ToolSpec:
+        """A tool from CREATE TOOL's parts; raises BinderError naming what is wrong (and, given
+        `locations`, where the offending option stands)."""
         try:
             tool_kind = ToolKind(kind.lower())
         except ValueError:
             raise BinderError(
                 f"CREATE TOOL {name}: unknown kind {kind!r} (use SQL, PYTHON or HTTP)"
             ) from None
-        options = dict(options)
-        allowed = {"parameters", "description", "timeout", "max_chars"}
-        allowed |= {
-            ToolKind.SQL: {"tables", "max_rows"},
-            ToolKind.PYTHON: {"concurrency", "cache"},
-            ToolKind.HTTP: {"concurrency", "method", "cache"},
+        where = f"CREATE TOOL {name}"
+        known: dict[str, Option] = {
+            "parameters": Option("any"), "description": Option("text"),
+            "timeout": Option("positive", maximum=_MAX_TIMEOUT), "max_chars": Option("count"),
+        }
+        known |= {
+            ToolKind.SQL: {"tables": Option("any"), "max_rows": Option("count", maximum=_MAX_ROWS)},
+            ToolKind.PYTHON: {"concurrency": Option("count", maximum=_MAX_CONCURRENCY),
+                              "cache": Option("boolean")},
+            ToolKind.HTTP: {"concurrency": Option("count", maximum=_MAX_CONCURRENCY),
+                            "method": Option("text"), "cache": Option("boolean")},
         }[tool_kind]
-        unknown = sorted(set(options) - allowed)
+        unknown = sorted(set(options) - set(known))
         if unknown:
             raise BinderError(
                 f"CREATE TOOL {name}: unknown option(s) {unknown} for a {tool_kind.name} tool "
-                f"(allowed: {sorted(allowed)})"
+                f"(allowed: {sorted(known)})",
+                location=(locations or {}).get(unknown[0]),
             )
-        where = f"CREATE TOOL {name}"
+        options = read_options(options, known, where, locations=locations)
         declared = options.get("parameters")
         if tool_kind is ToolKind.SQL:
             names = sql_parameter_names(target)
@@ -133,9 +151,13 @@ class ToolSpec:
         tables = options.get("tables", ())
         if isinstance(tables, str):
             tables = [tables]
+        if not isinstance(tables, list | tuple) or not all(isinstance(t, str) for t in tables):
+            raise BinderError(f"{where}: tables must be a list of table names like [orders]",
+                              location=(locations or {}).get("tables"))
         method = str(options.get("method", "POST")).upper()
         if method not in ("GET", "POST"):
-            raise BinderError(f"{where}: method must be GET or POST, got {method!r}")
+            raise BinderError(f"{where}: method must be GET or POST, got {method!r}",
+                              location=(locations or {}).get("method"))
         spec = ToolSpec(
             name=name,
             kind=tool_kind,
@@ -143,10 +165,10 @@ class ToolSpec:
             parameters=json.dumps(schema),  # property order kept: the model writes them in it
             description=str(options.get("description", "")),
             tables=tuple(sorted(str(t).lower() for t in tables)),
-            timeout=_positive(options.get("timeout", 10.0), where, "timeout"),
-            max_rows=int(_positive(options.get("max_rows", 20), where, "max_rows")),
-            max_chars=int(_positive(options.get("max_chars", 2000), where, "max_chars")),
-            concurrency=int(_positive(options.get("concurrency", 4), where, "concurrency")),
+            timeout=float(options.get("timeout", 10.0)),
+            max_rows=int(options.get("max_rows", 20)),
+            max_chars=int(options.get("max_chars", 2000)),
+            concurrency=int(options.get("concurrency", 4)),
             method=method,
             cache=bool(options.get("cache", True)),
         )
@@ -218,46 +240,49 @@ class AgentSpec:
         return max(1.0, self.max_steps / 2)
 
     @staticmethod
-    def create(name: str, options: Mapping[str, Any]) -> AgentSpec:
+    def create(
+        name: str, options: Mapping[str, Any], locations: Mapping[str, SourceLocation] | None = None
+    ) -> AgentSpec:
         """An agent from CREATE AGENT's options; raises BinderError naming what is wrong."""
-        options = dict(options)
-        allowed = {
-            "model", "instructions", "tools", "max_steps", "output", "max_tokens", "temperature",
-            "seed", "steps_hint",
-        }
         where = f"CREATE AGENT {name}"
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise BinderError(f"{where}: unknown option(s) {unknown} (allowed: {sorted(allowed)})")
+        known = {
+            "model": Option("text"), "instructions": Option("text"), "tools": Option("any"),
+            "max_steps": Option("count", maximum=64), "output": Option("any"),
+            "max_tokens": Option("count", maximum=MAX_TOKENS), "temperature": Option("number"),
+            "seed": Option("integer"), "steps_hint": Option("positive"),
+        }
+        at = dict(locations or {})
+        options = read_options(options, known, where, locations=at)
         if not str(options.get("instructions", "")).strip():
             raise BinderError(f"{where}: give the agent instructions => '...'")
         tools = options.get("tools", [])
         if isinstance(tools, str):
             tools = [tools]
-        if not isinstance(tools, list):
-            raise BinderError(f"{where}: tools must be a list like [tool_a, tool_b]")
+        if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+            raise BinderError(f"{where}: tools must be a list like [tool_a, tool_b]",
+                              location=at.get("tools"))
         names = [str(t).lower() for t in tools]
         if len(set(names)) != len(names):
-            raise BinderError(f"{where}: a tool is listed twice in {names}")
-        model = options.get("model")
-        hint = options.get("steps_hint")
+            raise BinderError(f"{where}: a tool is listed twice in {names}", location=at.get("tools"))
+        output = options.get("output", "VARCHAR")
+        if not isinstance(output, str | list):
+            raise BinderError(
+                f"{where}: output must be a type name, a list of labels or a JSON schema, "
+                f"got {output!r}", location=at.get("output"),
+            )
         spec = AgentSpec(
             name=name,
             instructions=str(options["instructions"]),
             tools=tuple(names),
             # Property order kept: it is the order of the answer columns.
-            output=json.dumps(output_schema(options.get("output", "VARCHAR"), where)),
-            model=None if model is None else str(model),
-            max_steps=int(_positive(options.get("max_steps", 4), where, "max_steps")),
-            max_tokens=int(_positive(options.get("max_tokens", 256), where, "max_tokens")),
+            output=json.dumps(output_schema(output, where)),
+            model=options.get("model"),
+            max_steps=int(options.get("max_steps", 4)),
+            max_tokens=int(options.get("max_tokens", 256)),
             temperature=float(options.get("temperature", 0.0)),
             seed=int(options.get("seed", 0)),
-            steps_hint=None if hint is None else _positive(hint, where, "steps_hint"),
+            steps_hint=options.get("steps_hint"),
         )
-        if spec.temperature < 0:
-            raise BinderError(f"{where}: temperature must be >= 0")
-        if spec.max_steps > 64:
-            raise BinderError(f"{where}: max_steps is at most 64, got {spec.max_steps}")
         AnswerShape.of(spec.output_schema, where)
         return spec
 
@@ -337,14 +362,14 @@ def output_schema(value: Any, where: str = "output") -> dict[str, Any]:
     if text.lower() in _TYPE_WORDS:
         return {"type": _TYPE_WORDS[text.lower()]}
     schema = _json_object(text, where, "output")
-    return _checked(_expand_shorthand(schema), where, "output")
+    return _checked(_expand_shorthand(schema, where), where, "output")
 
 
 def parameter_schema(value: Any, where: str) -> dict[str, Any]:
     """The JSON schema of a tool's arguments: an object schema, or the shorthand
     '{"name": "string", ...}' (every field required, no others)."""
     schema = value if isinstance(value, dict) else _json_object(str(value), where, "parameters")
-    schema = _expand_shorthand(schema) if schema else {
+    schema = _expand_shorthand(schema, where) if schema else {
         "type": "object", "properties": {}, "additionalProperties": False,
     }
     if schema.get("type") != "object":
@@ -376,7 +401,7 @@ def sql_parameter_names(sql: str) -> list[str]:
     return names
 
 
-def _expand_shorthand(schema: dict[str, Any]) -> dict[str, Any]:
+def _expand_shorthand(schema: dict[str, Any], where: str) -> dict[str, Any]:
     """{"a": "integer", "b": {"type": "string", "maxLength": 9}} is an object with required
     fields a and b and no others (a field is a type name or its own schema)."""
 
@@ -395,6 +420,7 @@ def _expand_shorthand(schema: dict[str, Any]) -> dict[str, Any]:
             "required": list(schema),
             "additionalProperties": False,
         }
+    check_shorthand(schema, where)
     return schema
 
 
@@ -421,11 +447,3 @@ def _checked(schema: dict[str, Any], where: str, what: str) -> dict[str, Any]:
     return schema
 
 
-def _positive(value: Any, where: str, what: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BinderError(f"{where}: {what} must be a number, got {value!r}") from None
-    if number <= 0:
-        raise BinderError(f"{where}: {what} must be positive, got {value!r}")
-    return number

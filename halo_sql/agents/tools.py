@@ -3,7 +3,8 @@
 Tool calls of one agent step are collected and run as a batch: identical calls (same tool, same
 arguments) run once per statement, or once per batch of queries, and every caller sees the same
 observation. SQL tools run on the session's DuckDB connection with bound parameters, in the
-operator's thread; PYTHON and HTTP tools run on threads, at most the tool's `concurrency` at a
+operator's thread, once the sandbox admitted them (halo_sql.agents.sandbox: they can only see the
+tables they declare); PYTHON and HTTP tools run on threads, at most the tool's `concurrency` at a
 time, so they proceed while the model works on other rows.
 
 Failures never escape: an exception, an HTTP error, a refused query or a timeout becomes an
@@ -35,7 +36,8 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from halo_sql.agents.safety import UnsafeQuery, check_read_only
+from halo_sql.agents.safety import UnsafeQuery
+from halo_sql.agents.sandbox import admit
 from halo_sql.agents.spec import ToolKind, ToolSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -255,6 +257,7 @@ class ToolRunner:
         self.pending_sql: list[tuple[ToolCall, ToolSpec, dict[str, Any]]] = []
         self.executed = 0
         self.deduplicated = 0
+        self.admissions: dict[ToolSpec, str | UnsafeQuery] = {}
 
     def start(self, tool: ToolSpec, arguments: dict[str, Any]) -> ToolCall:
         problem = argument_problem(tool, arguments)
@@ -285,7 +288,18 @@ class ToolRunner:
         """Run the SQL calls collected so far, one after another on the connection."""
         jobs, self.pending_sql = self.pending_sql, []
         for call, tool, arguments in jobs:
-            _run_call(call, functools.partial(_run_sql, self.connection, tool, arguments))
+            _run_call(call, functools.partial(_run_sql, self.connection, tool, arguments,
+                                              self._admitted(tool)))
+
+    def _admitted(self, tool: ToolSpec) -> str | UnsafeQuery:
+        """The tool's admitted SQL (or why it is refused), decided once per operator run: the
+        catalog it is checked against does not change under a running statement."""
+        if tool not in self.admissions:
+            try:
+                self.admissions[tool] = admit(tool, self.connection)
+            except UnsafeQuery as exc:
+                self.admissions[tool] = exc
+        return self.admissions[tool]
 
 
 def argument_problem(tool: ToolSpec, arguments: Any) -> str | None:
@@ -320,12 +334,14 @@ def _as_text(value: Any) -> str:
 
 
 def _run_sql(
-    connection: duckdb.DuckDBPyConnection, tool: ToolSpec, arguments: Mapping[str, Any]
+    connection: duckdb.DuckDBPyConnection,
+    tool: ToolSpec,
+    arguments: Mapping[str, Any],
+    admitted: str | UnsafeQuery,
 ) -> Observation:
-    try:
-        sql = check_read_only(tool.target, tool.tables)
-    except UnsafeQuery as exc:
-        return Observation(f"error: refused: {exc.message}", False)
+    if isinstance(admitted, UnsafeQuery):  # the sandbox refused it (halo_sql.agents.sandbox)
+        return Observation(f"error: refused: {admitted.message}", False)
+    sql = admitted
     names = set(tool.parameter_schema.get("properties", {}))
     params = {k: v for k, v in arguments.items() if k in names}
     timed_out = threading.Event()
@@ -368,11 +384,42 @@ def _run_python(tool: ToolSpec, arguments: Mapping[str, Any]) -> Observation:
     return Observation(_clip(_as_text(value), tool.max_chars), True)
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
-            return None  # urllib would otherwise follow a redirect to ftp://
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+class RedirectRefused(urllib.error.URLError):
+    """A tool's server redirected elsewhere than the tool's own origin."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port or default
+    except ValueError:  # a malformed port in a Location header
+        port = -1
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects only within the declared URL's origin (scheme, host, port): a tool is
+    declared for one service, so a redirect to another host (or to ftp://, file://) is refused
+    and the agent sees why, instead of the request (and its body) going elsewhere."""
+
+    def __init__(self, declared: str) -> None:
+        self.origin = _origin(declared)
+
+    def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def]
+        # Checked before urllib looks at the target (it would report a file:// target as a
+        # bare HTTP error): every redirect code goes through here.
+        target = headers.get("location") or headers.get("uri")
+        if target is not None:
+            newurl = urllib.parse.urljoin(req.full_url, target)
+            if _origin(newurl) != self.origin:
+                raise RedirectRefused(
+                    f"redirect refused: HTTP {code} to {newurl} leaves the tool's origin "
+                    f"{self.origin[0]}://{self.origin[1]}:{self.origin[2]}"
+                )
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 def _run_http(tool: ToolSpec, arguments: Mapping[str, Any]) -> Observation:
@@ -390,7 +437,7 @@ def _run_http(tool: ToolSpec, arguments: Mapping[str, Any]) -> Observation:
         request = urllib.request.Request(
             url, data=body, method="POST", headers={"Content-Type": "application/json"}
         )
-    handlers: list[Any] = [_HttpOnlyRedirects()]
+    handlers: list[Any] = [_SameOriginRedirects(url)]
     if _is_loopback(parts.hostname or ""):
         handlers.append(urllib.request.ProxyHandler({}))
     opener = urllib.request.build_opener(*handlers)

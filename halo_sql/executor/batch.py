@@ -133,21 +133,21 @@ class BatchSession(Protocol):
 
 
 def is_query(sql: str) -> bool:
-    """True for statements that only read: SELECT / set operations / VALUES, and EXPLAIN of
-    them. Everything else may change state and runs in order.
+    """True for the statements a batch runs concurrently: one SELECT / set operation / VALUES.
+    Everything else (statements that may change state, halo's own statements, EXPLAIN) runs on
+    its own, in input order.
 
     >>> is_query("SELECT 1"), is_query("CREATE TABLE t AS SELECT 1"), is_query("EXPLAIN SELECT 1")
-    (True, False, True)
+    (True, False, False)
     """
     statements = split_statements(sql)
     if len(statements) != 1:
         return False
     text = statements[0].text
-    if is_own_statement(text):
+    if is_own_statement(text) or split_explain(text)[0]:
         return False
-    is_explain, _, _, inner = split_explain(text)
     try:
-        tree = sqlglot.parse_one(inner if is_explain else text, read="duckdb")
+        tree = sqlglot.parse_one(text, read="duckdb")
     except SqlglotError:
         return False
     return isinstance(tree, exp.Query)

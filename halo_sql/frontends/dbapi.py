@@ -8,11 +8,12 @@ The engine API returns Arrow tables and statistics:
     ['even']
 
 The DB-API 2.0 side (cursors, `?` / `$name` parameters, PEP 249 exceptions and type objects)
-goes through the same `Session.execute`, so parameters bind into LLM templates too:
+goes through the same `Session.execute`. Parameters are data: one bound as an LLM template is
+sent verbatim (its `{...}` text names no column); columns reach a prompt through the SQL text:
 
     >>> cur = con.cursor()
     >>> cur.execute("SELECT LLM_CLASSIFY(?, ['yes', 'no']) AS a FROM (SELECT 'ok' AS t)",
-    ...             ["Is {t} fine?"]).fetchone()[0] in ('yes', 'no')
+    ...             ["Is it fine?"]).fetchone()[0] in ('yes', 'no')
     True
     >>> cur.description[0][:2] == ("a", STRING)
     True

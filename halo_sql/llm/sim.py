@@ -237,7 +237,13 @@ def _value_for_schema(schema: dict[str, Any], rng: random.Random) -> Any:
     if kind == "array":
         low = int(schema.get("minItems", 1))
         high = max(low, min(int(schema.get("maxItems", 3)), low + 3))
-        return [_value_for_schema(schema.get("items", {}), rng) for _ in range(rng.randint(low, high))]
+        count = rng.randint(low, high)
+        items = schema.get("items", {})
+        if schema.get("uniqueItems") and items.get("type") == "integer":
+            # e.g. a ranking: each item number once (a permutation when count fills the range)
+            first, last = int(items.get("minimum", 0)), int(items.get("maximum", 100))
+            return rng.sample(range(first, last + 1), min(count, last - first + 1))
+        return [_value_for_schema(items, rng) for _ in range(count)]
     if kind == "integer":
         low, high = int(schema.get("minimum", 0)), int(schema.get("maximum", 100))
         return rng.randint(low, high)

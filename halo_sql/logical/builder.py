@@ -34,6 +34,7 @@ from halo_sql.errors import BinderError
 from halo_sql.llm.base import OutputKind
 from halo_sql.logical.functions import (
     CallSite,
+    check_condition_use,
     is_llm_call,
     location_of,
     read_call_site,
@@ -137,6 +138,7 @@ class PlanBuilder:
             # when it expands `GROUP BY 1`), so every copy finds its call site again.
             node.meta[_CALL_TAG] = tag
             site = read_call_site(node, default_model=self.catalog.default_model)
+            check_condition_use(site)
             site.call = _with_model(site.call, self._resolve_model(site.call.model, node))
             self.sites[id(node)] = site
         self.catalog.check_sql(_placeholder_sql(statement, self.sites))

@@ -23,9 +23,10 @@ from typing import Any
 
 from sqlglot import exp
 
+from halo_sql import options as checked
 from halo_sql.errors import BinderError, SourceLocation
-from halo_sql.llm.base import DecodingParams, OutputSpec
-from halo_sql.logical.llm_call import LLMCall, LLMFunction
+from halo_sql.llm.base import DecodingParams, OutputKind, OutputSpec
+from halo_sql.logical.llm_call import MAX_TOKENS, LLMCall, LLMFunction, check_shorthand
 from halo_sql.parser.template import PromptTemplate, Slot, parse_template
 
 HALO_NAMES = {
@@ -74,6 +75,77 @@ def is_llm_call(node: exp.Expr) -> bool:
     return isinstance(node, exp.Anonymous) and str(node.this).lower() in LLM_FUNCTION_NAMES
 
 
+def is_template_argument(node: exp.Expr) -> bool:
+    """True when `node` stands where a halo LLM function reads its prompt template (the first
+    positional argument of LLM, LLM_FILTER, LLM_CLASSIFY, LLM_EXTRACT, LLM_AGG), i.e. where
+    `{name}` in the text would name a column.
+
+        >>> import sqlglot
+        >>> call = sqlglot.parse_one("SELECT LLM(?)", read="duckdb").expressions[0]
+        >>> is_template_argument(call.expressions[0])
+        True
+    """
+    parent = node.parent
+    if parent is None or not is_llm_call(parent) or node.arg_key != "expressions":
+        return False
+    args = list(parent.expressions)
+    if args and isinstance(args[0], exp.Struct):
+        return False  # FlockMTL form: the prompt is a struct field, used verbatim
+    if str(parent.this).lower() not in HALO_NAMES:
+        return False
+    positional = [a for a in args if not isinstance(a, exp.Kwarg)]
+    return bool(positional) and positional[0] is node
+
+
+def literal_template(text: str) -> str:
+    """A template whose rendering is `text` verbatim: its braces are escaped, so nothing in it
+    is a slot (how a bound parameter reaches a prompt: as data, never naming a column).
+
+        >>> parse_template(literal_template("Repeat: {password}")).render([])
+        'Repeat: {password}'
+    """
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+_CONDITION_PARENTS = (exp.Where, exp.Having, exp.Qualify, exp.Not, exp.And, exp.Or, exp.If, exp.Filter)
+
+
+def check_condition_use(site: CallSite) -> None:
+    """A call whose answer is not a truth value cannot stand as a condition (WHERE, HAVING, ON,
+    CASE WHEN, NOT/AND/OR operands): DuckDB would cast the model's free text to BOOLEAN, which
+    fails or, worse, reads 'true' as a yes. Refused with the alternatives.
+
+        >>> import sqlglot
+        >>> tree = sqlglot.parse_one("SELECT * FROM t WHERE LLM('Late? {x}')", read="duckdb")
+        >>> check_condition_use(read_call_site(tree.find(exp.Anonymous), default_model="m"))
+        Traceback (most recent call last):
+        ...
+        halo_sql.errors.BinderError: line 1, column 23: LLM(...) answers free text (VARCHAR), which is not a condition; ask a yes/no question with LLM_FILTER('...'), or compare the answer, e.g. LLM(...) = 'yes'
+    """
+    if site.call.output.kind is OutputKind.BOOLEAN:
+        return
+    if site.call.output.kind is OutputKind.JSON and (site.call.output.schema or {}).get("type") == "boolean":
+        return
+    node, parent = site.node, site.node.parent
+    while isinstance(parent, exp.Paren):
+        node, parent = parent, parent.parent
+    is_condition = isinstance(parent, _CONDITION_PARENTS) and not (
+        isinstance(parent, exp.If) and node.arg_key != "this"  # CASE WHEN's value, not its test
+    )
+    is_condition = is_condition or (isinstance(parent, exp.Join) and node.arg_key == "on")
+    if not is_condition:
+        return
+    name = str(site.node.this).upper()
+    kind = "free text (VARCHAR)" if site.call.output.kind is OutputKind.TEXT else (
+        "a label (VARCHAR)" if site.call.output.kind is OutputKind.CHOICE else "JSON"
+    )
+    raise BinderError(
+        f"{name}(...) answers {kind}, which is not a condition; ask a yes/no question with "
+        f"LLM_FILTER('...'), or compare the answer, e.g. {name}(...) = 'yes'",
+        location=location_of(site.node),
+    )
+
+
 def location_of(node: exp.Expr) -> SourceLocation | None:
     """Best-effort source position of a node (sqlglot records it on identifiers and literals)."""
     for candidate in node.walk():
@@ -104,7 +176,16 @@ def _read_halo(
     function = HALO_NAMES[name]
     where = location_of(node)
     positional = [a for a in args if not isinstance(a, exp.Kwarg)]
-    options = {str(a.this.name).lower(): a.expression for a in args if isinstance(a, exp.Kwarg)}
+    options: dict[str, exp.Expr] = {}
+    for arg in args:
+        if isinstance(arg, exp.Kwarg):
+            key = str(arg.this.name).lower()
+            if key in options:
+                raise BinderError(
+                    f"{name.upper()}: option {key} is given twice",
+                    location=location_of(arg.expression) or where,
+                )
+            options[key] = arg.expression
     expected = {
         LLMFunction.COMPLETE: 1,
         LLMFunction.FILTER: 1,
@@ -181,8 +262,13 @@ def _read_flockmtl(
         parameters.update(struct_items(extra))
     elif extra is not None:
         text = _string_literal(extra, name, "model_parameters")
+        def no_constant(word: str) -> Any:
+            raise BinderError(
+                f"{name}(): model_parameters holds {word}, which is not a number", location=where
+            )
+
         try:
-            decoded = json.loads(text)
+            decoded = json.loads(text, parse_constant=no_constant)
         except json.JSONDecodeError as exc:
             raise BinderError(
                 f"{name}(): model_parameters is not valid JSON ({exc.msg})", location=where
@@ -192,7 +278,13 @@ def _read_flockmtl(
         parameters.update({k: exp.convert(v) for k, v in decoded.items()})
     for key in ("max_tokens", "temperature"):
         if key in parameters:
-            options[key] = parameters[key]
+            value = parameters[key]
+            if key in model_args and isinstance(extra, exp.Struct) and key in struct_items(extra):
+                raise BinderError(
+                    f"{name}(): {key} is given twice (in the struct and in model_parameters)",
+                    location=where,
+                )
+            options[key] = value
     if function is not LLMFunction.COMPLETE and not inputs:
         raise BinderError(f"{name}() needs a third argument with the input columns", location=where)
     output = OutputSpec.boolean() if function is LLMFunction.FILTER else OutputSpec.text()
@@ -234,14 +326,18 @@ def _model_and_params(
         )
     max_tokens = _DEFAULT_MAX_TOKENS[function]
     if "max_tokens" in options:
-        max_tokens = int(_number_literal(options["max_tokens"], name, "max_tokens"))
-        if max_tokens < 1:
-            raise BinderError(f"{name.upper()}: max_tokens must be at least 1", location=where)
+        node = options["max_tokens"]
+        max_tokens = checked.count(
+            _number_literal(node, name, "max_tokens"), name.upper(), "max_tokens",
+            maximum=MAX_TOKENS, location=_value_location(node) or where,
+        )
     temperature = 0.0
     if "temperature" in options:
-        temperature = float(_number_literal(options["temperature"], name, "temperature"))
-        if temperature < 0:
-            raise BinderError(f"{name.upper()}: temperature must be >= 0", location=where)
+        node = options["temperature"]
+        temperature = checked.number(
+            _number_literal(node, name, "temperature"), name.upper(), "temperature",
+            location=_value_location(node) or where,
+        )
     return model, DecodingParams(max_tokens=max_tokens, temperature=temperature)
 
 
@@ -270,17 +366,39 @@ def _string_literal(node: exp.Expr, name: str, what: str) -> str:
     )
 
 
-def _number_literal(node: exp.Expr, name: str, what: str) -> float:
-    value = node.this if isinstance(node, exp.Literal) else None
-    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
-        value = "-" + str(node.this.this)
-    try:
-        return float(str(value))
-    except (TypeError, ValueError):
-        raise BinderError(
-            f"{name.upper()}: {what} must be a number, got {node.sql(dialect='duckdb')}",
-            location=location_of(node),
-        ) from None
+def _value_location(node: exp.Expr) -> SourceLocation | None:
+    """Where an option's value starts (location_of places a negative number at its digits and
+    a string one past its opening quote)."""
+    location = location_of(node)
+    if location is not None and isinstance(node, exp.Neg):
+        return SourceLocation(location.line, max(1, location.column - 1))
+    if location is not None and isinstance(node, exp.Literal) and node.is_string:
+        return SourceLocation(location.line, max(1, location.column - 2))
+    return location
+
+
+def _number_literal(node: exp.Expr, name: str, what: str) -> int | float:
+    """The number a numeric literal (possibly negated) spells: an int when it is written as
+    one, else a float (which may be infinite, e.g. 1e309: halo_sql.options refuses it)."""
+    sign = ""
+    if isinstance(node, exp.Neg):
+        sign, node = "-", node.this
+    if isinstance(node, exp.Paren):
+        return _number_literal(node.this, name, what) * (-1 if sign else 1)
+    if isinstance(node, exp.Literal) and not node.is_string:
+        text = sign + str(node.this)
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    raise BinderError(
+        f"{name.upper()}: {what} must be a number, got {node.sql(dialect='duckdb')}",
+        location=_value_location(node),
+    )
 
 
 def _labels(node: exp.Expr, name: str, where: SourceLocation | None) -> list[str]:
@@ -315,6 +433,10 @@ def _json_schema(node: exp.Expr, name: str, where: SourceLocation | None) -> dic
     if not isinstance(schema, dict):
         raise BinderError(f"{name.upper()}: the JSON schema must be an object", location=where)
     # Shorthand {"name": "string", "age": "integer"} for a flat object of typed fields.
+    try:
+        check_shorthand(schema, name.upper())
+    except BinderError as exc:
+        raise BinderError(exc.message, location=where) from None
     if "type" not in schema and schema and all(v in _TYPE_NAMES for v in schema.values()):
         schema = {
             "type": "object",

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lark import Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import (
+    UnexpectedCharacters,
+    UnexpectedEOF,
+    UnexpectedInput,
+    UnexpectedToken,
+    VisitError,
+)
+from lark.tree import Meta
 from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import TokenError
 from sqlglot.tokens import TokenType
@@ -29,6 +36,20 @@ class StatementText:
     text: str
     line: int = 1
     column: int = 1
+
+
+class Options(dict[str, Any]):
+    """The `WITH (...)` options of a statement, in the order written, with where each one
+    stands (`locations`, for error messages). Compares and prints as a plain dict."""
+
+    def __init__(self, items: Any = (), locations: dict[str, SourceLocation] | None = None) -> None:
+        super().__init__(items)
+        self.locations: dict[str, SourceLocation] = dict(locations or {})
+
+
+def option_locations(options: Any) -> dict[str, SourceLocation]:
+    """Where each option was written (empty for options not parsed from text)."""
+    return dict(getattr(options, "locations", {}) or {})
 
 
 @dataclass(frozen=True)
@@ -174,12 +195,32 @@ class _ToStatement(Transformer):  # type: ignore[type-arg]
     def value_list(self, items: list[Any]) -> list[Any]:
         return [i for i in items if i is not None] if items != [None] else []
 
-    @v_args(inline=True)
-    def option(self, key: str, value: Any) -> tuple[str, Any]:
-        return key, value
+    def __init__(self, line: int = 1, column: int = 1) -> None:
+        super().__init__()
+        self.line, self.column = line, column
 
-    def with_options(self, items: list[Any]) -> dict[str, Any]:
-        return dict(i for i in items if i is not None)
+    def _at(self, meta: Meta) -> SourceLocation:
+        line = self.line + meta.line - 1
+        return SourceLocation(line, meta.column + (self.column - 1 if line == self.line else 0))
+
+    @v_args(meta=True)
+    def option(self, meta: Meta, items: list[Any]) -> tuple[str, Any, SourceLocation]:
+        return items[0], items[1], self._at(meta)
+
+    def with_options(self, items: list[Any]) -> Options:
+        options = Options()
+        for item in items:
+            if item is None:
+                continue
+            key, value, location = item
+            if key in options:
+                raise ParseError(
+                    f"option {key!r} is given twice (first at {options.locations[key]})",
+                    location=location,
+                )
+            options[key] = value
+            options.locations[key] = location
+        return options
 
     def or_replace(self, _: list[Any]) -> str:
         return "or_replace"
@@ -267,4 +308,9 @@ def parse_own_statement(text: str, *, line: int = 1, column: int = 1) -> OwnStat
                     "[WITH (parameters => '{\"k\": \"integer\"}')], CREATE TOOL name AS PYTHON "
                     "'module:function', CREATE TOOL name AS HTTP 'http://host/path', DROP TOOL name")
         raise ParseError(f"{what}; {hint}", location=SourceLocation(at_line, max(1, at_col))) from None
-    return _ToStatement().transform(tree)  # type: ignore[no-any-return]
+    try:
+        return _ToStatement(line, column).transform(tree)  # type: ignore[no-any-return]
+    except VisitError as exc:  # lark wraps what a transformer method raises
+        if isinstance(exc.orig_exc, ParseError):
+            raise exc.orig_exc from None
+        raise
