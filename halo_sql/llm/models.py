@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -188,7 +189,15 @@ def pull_model(
         gguf = _extract(entry, package, work / "gguf")
         say(f"converting {gguf.name} to a bfloat16 model directory (about a minute on 2 cores) ...")
         out = work / "model"
-        convert_gguf(gguf, out, dtype="bfloat16")
+        try:
+            convert_gguf(gguf, out, dtype="bfloat16")
+        except (ImportError, OSError):
+            raise
+        except Exception as exc:  # transformers and gguf raise many kinds on a file they reject
+            raise ModelError(
+                f"cannot convert {entry.gguf_member} from {entry.requirement} into a model "
+                f"directory: {type(exc).__name__}: {exc}"
+            ) from exc
         marker = {
             "name": entry.name,
             "source": f"pypi:{entry.requirement}",
@@ -238,6 +247,10 @@ def convert_gguf(gguf_file: str | Path, out: str | Path, *, dtype: str = "bfloat
         plain.tie_weights()
         plain.to(getattr(torch, dtype))
         plain.generation_config = source.generation_config
+        # GGUF has no tokenizer length limit; without one transformers assumes an endless one.
+        context = getattr(config, "max_position_embeddings", None)
+        if context:
+            tokenizer.model_max_length = context
         out_path.mkdir(parents=True, exist_ok=True)
         plain.save_pretrained(out_path)
         tokenizer.save_pretrained(out_path)
@@ -257,19 +270,34 @@ def _download(entry: KnownModel, dest: Path, say: Progress) -> Path:
         "--disable-pip-version-check", "--progress-bar", "off", entry.requirement, "-d", str(dest),
     ]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
+        )
     except OSError as exc:
         raise _fetch_error(entry, f"cannot run pip ({exc})") from None
     if done.returncode != 0:
-        lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        cause = lines[-1].strip() if lines else f"pip exited with status {done.returncode}"
-        if "No module named pip" in (done.stderr or ""):
-            cause = f"pip is not installed in {sys.executable}"
-        raise _fetch_error(entry, cause)
+        raise _fetch_error(entry, _pip_failure(done.stdout or "", done.returncode))
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
         raise _fetch_error(entry, f"pip left {len(wheels)} wheel files in {dest}, expected 1")
     return wheels[0]
+
+
+def _pip_failure(output: str, status: int) -> str:
+    """The cause of a failed `pip download`, from its output: pip reports an unreachable index
+    only in its retry warnings, and ends with a misleading "No matching distribution"."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if any("No module named pip" in line for line in lines):
+        return f"pip is not installed in {sys.executable}"
+    errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:")]
+    cause = errors[-1] if errors else f"pip exited with status {status}"
+    unreachable = [line for line in lines if "connection broken by" in line or "Could not fetch" in line]
+    if unreachable:
+        found = re.search(r"Failed to establish a new connection: ([^\"')]+)", unreachable[-1])
+        cause = f"the index could not be reached ({found.group(1) if found else unreachable[-1]})"
+    index = next((line.split(":", 1)[1].strip() for line in lines
+                  if line.startswith("Looking in indexes:")), None)
+    return f"{cause} [index: {index}]" if index else cause
 
 
 def _fetch_error(entry: KnownModel, cause: str) -> ModelError:

@@ -88,7 +88,7 @@ def _start(spec: ModelSpec) -> Backend:
         _check_options(spec, options, allowed)
         return SimBackend(model, **options)
     if spec.backend == "vllm":
-        if not spec.model:
+        if not model:
             raise BinderError(f"model {spec.name!r}: the vllm backend needs model => 'dir-or-hub-id'")
         from halo_sql.llm.vllm_backend import VLLMBackend
 
