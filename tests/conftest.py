@@ -127,3 +127,21 @@ def tpch(tpch_dir: Path) -> Iterator[Connection]:
     load_tpch(con.session.connection, 0.01, tpch_dir.parent)
     yield con
     con.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine logging (halo_sql/llm/logs.py): front ends quiet vLLM through environment variables.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _engine_logging_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests that run `halo_sql.cli.main` in-process quiet the engine's logging; restore those
+    variables after each test so the session's shared vLLM engine logs as configured."""
+    from halo_sql.llm.logs import QUIET_ENVIRONMENT
+
+    for name in QUIET_ENVIRONMENT:
+        original = os.environ.get(name)
+        monkeypatch.setenv(name, original or "")  # recorded, so teardown restores or removes it
+        if original is None:
+            monkeypatch.delenv(name)

@@ -1,5 +1,5 @@
 """Command line: `python -m tpc_agentic_bench run [--quick] [--workloads W1,W2] [--queries N]
-[--backend vllm|sim] [--model DIR] [--json OUT] [--plot OUT.png]` (see README.md).
+[--backend vllm|sim] [--model DIR] [--json OUT] [--plot OUT.png] [--verbose]` (see README.md).
 
 The table goes to stdout, the progress bar to stderr. The exit status is 1 when a query failed
 or systems disagreed on an answer (greedy decoding must give every system the same answers).
@@ -51,15 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--record", action="store_true",
                      help="also write .json, .png and .txt into tpc_agentic_bench/results/")
     run.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+    run.add_argument("--verbose", action="store_true",
+                     help="show the LLM engine's own logging (vLLM INFO/WARNING lines)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    # Before anything imports vLLM: a bounded KV cache on CPU, and vLLM's INFO chatter off.
+    # Before any engine starts: a bounded KV cache on CPU, and the engine's logging off
+    # unless --verbose (halo_sql/llm/logs.py).
+    from halo_sql.llm.logs import quiet_engine_logs
+
+    quiet_engine_logs(verbose=args.verbose)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from tpc_agentic_bench.harness import (

@@ -17,6 +17,7 @@ from typing import Any
 
 from halo_sql.errors import BinderError, ModelError
 from halo_sql.llm.base import Backend
+from halo_sql.llm.models import resolve_model_name
 
 BACKENDS = ("vllm", "sim")
 
@@ -75,6 +76,8 @@ def shutdown_all() -> None:
 
 
 def _start(spec: ModelSpec) -> Backend:
+    # A known model name (smollm2-135m) becomes its pulled directory and its engine defaults.
+    model, defaults = resolve_model_name(spec.model)
     options = dict(spec.options)
     if spec.backend == "sim":
         from halo_sql.llm.sim import SimBackend
@@ -84,14 +87,14 @@ def _start(spec: ModelSpec) -> Backend:
             "step_seconds", "max_num_seqs",
         }
         _check_options(spec, options, allowed)
-        return SimBackend(spec.model, **options)
+        return SimBackend(model, **options)
     if spec.backend == "vllm":
-        if not spec.model:
+        if not model:
             raise BinderError(f"model {spec.name!r}: the vllm backend needs model => 'dir-or-hub-id'")
         from halo_sql.llm.vllm_backend import VLLMBackend
 
         try:
-            return VLLMBackend(spec.model, **options)
+            return VLLMBackend(model, **{**defaults, **options})
         except TypeError as exc:
             raise ModelError(f"model {spec.name!r}: bad option for vllm: {exc}") from None
     raise BinderError(f"model {spec.name!r}: unknown backend {spec.backend!r} (use one of {BACKENDS})")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from halo_sql.errors import ModelError
 from halo_sql.llm.base import LLMRequest, OutputKind
+from halo_sql.llm.logs import engine_logs_quiet
 
 if TYPE_CHECKING:
     from vllm import RequestOutput, SamplingParams
@@ -102,6 +103,8 @@ def engine_kwargs(
         # max_tokens. In 0.32 the per-request `disable_any_whitespace` flag is ignored and the
         # engine-wide one is only accepted together with an explicit xgrammar/guidance backend.
         "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+        # The weight-loading progress bar ignores TQDM_DISABLE; see halo_sql/llm/logs.py.
+        "use_tqdm_on_load": not engine_logs_quiet(),
     }
     if max_model_len is not None:
         kwargs["max_model_len"] = max_model_len

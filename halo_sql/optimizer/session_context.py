@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from halo_sql.llm.models import pulled_path
 from halo_sql.llm.tokenizer import TextTokenizer, load_tokenizer
 from halo_sql.logical.llm_call import InvalidAnswer, LLMCall
 from halo_sql.optimizer.profile import BackendProfile, find_profile
@@ -47,7 +48,7 @@ class SessionContext:
 
     def count_tokens(self, model: str, text: str) -> int:
         spec = self._spec(model)
-        path = getattr(spec, "model", None)
+        path = pulled_path(getattr(spec, "model", None))  # a known name's directory, if pulled
         tokenizer = _TOKENIZERS.get(path)
         if tokenizer is None:
             tokenizer = _TOKENIZERS[path] = load_tokenizer(path)
