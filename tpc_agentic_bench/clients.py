@@ -285,24 +285,39 @@ class OpenAIClient:
         self._timeout = timeout
         self._chat: Any = None
         self._completions: Any = None
+        self._http: Any = None
+        self._loop: Any = None
 
     def _clients(self) -> tuple[Any, Any]:
-        if self._chat is None and self._completions is None:
-            if self.engine.chat_template:
-                from langchain_openai import ChatOpenAI
+        # HTTP connections belong to the event loop that opened them: new clients per loop
+        # (langchain-openai would otherwise reuse its process-wide cached one).
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return self._chat, self._completions
+        import openai
 
-                self._chat = ChatOpenAI(
-                    model=self.served_model, base_url=self.base_url + "/v1", api_key="EMPTY",
-                    temperature=0, max_retries=0, timeout=self._timeout,
-                )
-            else:
-                from openai import AsyncOpenAI
+        self._loop = loop
+        http = self._http = openai.DefaultAsyncHttpxClient()  # up to 1,000 connections
+        self._chat = self._completions = None
+        if self.engine.chat_template:
+            from langchain_openai import ChatOpenAI
 
-                self._completions = AsyncOpenAI(
-                    base_url=self.base_url + "/v1", api_key="EMPTY", max_retries=0,
-                    timeout=self._timeout,
-                )
+            self._chat = ChatOpenAI(
+                model=self.served_model, base_url=self.base_url + "/v1", api_key="EMPTY",
+                temperature=0, max_retries=0, timeout=self._timeout, http_async_client=http,
+            )
+        else:
+            self._completions = openai.AsyncOpenAI(
+                base_url=self.base_url + "/v1", api_key="EMPTY", max_retries=0,
+                timeout=self._timeout, http_client=http,
+            )
         return self._chat, self._completions
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections of the current event loop's clients."""
+        http, self._http, self._loop = self._http, None, None
+        if http is not None:
+            await http.aclose()
 
     async def __call__(self, model: str, prompt: str, output: OutputSpec, max_tokens: int) -> Answer:
         import openai
