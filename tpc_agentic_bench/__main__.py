@@ -39,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "written to <cache>/tiny-model)")
     run.add_argument("--large-model", help="W4's large model (vllm default: a larger tiny model)")
     run.add_argument("--systems",
-                     help="comma-separated systems (default: naive,per_query,halo, plus the "
-                          f"ablations {', '.join(ABLATIONS)} once execute_batch can switch them off)")
+                     help="comma-separated systems (default: naive,per_query,halo,vllm-async; "
+                          "without --quick also langgraph and the ablations "
+                          f"{', '.join(ABLATIONS)})")
     run.add_argument("--repeat", type=int, default=1,
                      help="runs per (workload, system), each from a cold cache; the median wall "
                           "time is reported (default 1)")
@@ -68,18 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         QUICK_QUERIES,
         QUICK_SCALE,
         BenchConfig,
+        default_system_names,
         run_benchmark,
     )
     from tpc_agentic_bench.progress import Progress
     from tpc_agentic_bench.report import format_report, write_json, write_plot
-    from tpc_agentic_bench.systems import ABLATIONS, ablations_supported
+    from tpc_agentic_bench.systems import ablations_supported
 
     if args.systems:
         systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
     else:
-        systems = ("naive", "per_query", "halo")
-        if ablations_supported():
-            systems += tuple(ABLATIONS)
+        systems = default_system_names(args.quick, ablations_supported())
     from tpc_agentic_bench.systems import make_system
     from tpc_agentic_bench.workloads import AGENT_WORKLOADS, ALL_WORKLOADS
 

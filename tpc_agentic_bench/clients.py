@@ -29,12 +29,19 @@ import asyncio
 import inspect
 import itertools
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from halo_sql.llm.base import Backend, DecodingParams, LLMRequest, LLMResponse, OutputKind, OutputSpec
-from tpc_agentic_bench.programs import Answer, Ask
+from halo_sql.llm.base import (
+    Backend,
+    DecodingParams,
+    LLMRequest,
+    LLMResponse,
+    OutputKind,
+    OutputSpec,
+)
+from tpc_agentic_bench.programs import Answer
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,16 @@ class BackendClient:
             self.backend.generate, [_request(prompt, output, max_tokens)]
         )
         return _answer(responses[0])
+
+    def counters(self) -> dict[str, int] | None:
+        return backend_counters(self.backend)
+
+
+def backend_counters(backend: Backend) -> dict[str, int] | None:
+    """Cumulative engine steps and running-sequence sums of a halo backend whose driver counts
+    them (`engine_counters()`), else None."""
+    read = getattr(getattr(backend, "inner", backend), "engine_counters", None)
+    return dict(read()) if callable(read) else None
 
 
 class CoalescingClient:
@@ -212,10 +229,12 @@ class AsyncLLMClient:
     _ids = itertools.count()
 
     def __init__(self, engine: Any, model: str, *, chat_template: bool,
-                 counter: StepCounter | None = None) -> None:
+                 counters: Callable[[], dict[str, int]] | None = None) -> None:
         self.async_engine = engine
         self.engine = EngineKey("vllm", model, chat_template)
-        self.counter = counter
+        self._counters = counters
+        """Cumulative engine steps and running-sequence sums (a StepCounter's, or halo's
+        driver's `engine_counters`); None when the engine does not count them."""
         self._tokenizer = engine.get_tokenizer()
 
     def _encode_label(self, label: str) -> list[int]:
@@ -247,7 +266,7 @@ class AsyncLLMClient:
         return Answer(stats.text, stats.prompt_tokens, stats.cached_prompt_tokens, stats.output_tokens)
 
     def counters(self) -> dict[str, int] | None:
-        return None if self.counter is None else self.counter.counters()
+        return None if self._counters is None else self._counters()
 
 
 # -- OpenAI-compatible servers -------------------------------------------------------------------

@@ -94,7 +94,10 @@ class VLLMServer:
         env = dict(os.environ)
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         env["VLLM_SERVER_DEV_MODE"] = "1"  # POST /reset_prefix_cache
-        self._log = tempfile.NamedTemporaryFile(prefix="vllm-server-", suffix=".log", delete=False)
+        # Outlives this method (the server writes to it until stop(), which closes it).
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="vllm-server-", suffix=".log", delete=False
+        )
         self._process = subprocess.Popen(
             self.command(self.port), stdout=self._log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,  # its own process group: stop() ends the engine core too
