@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import threading
 import time
@@ -251,7 +252,11 @@ class Engines:
                     engine.shutdown()
 
                 self.loop.run(shutdown())
+            # Drop every reference now: AsyncLLM.__del__ shuts down again, which fails once the
+            # interpreter is tearing its modules down.
             self._own_engines.clear()
+            self._async.clear()
+            gc.collect()
         finally:
             for server in self._servers.values():
                 server.stop()

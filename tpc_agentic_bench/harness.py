@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,8 +248,12 @@ class RunState:
     engines: Engines
     tokens: PromptTokens
     progress: Progress
+    workloads: list[Workload]
     repeat: int = 1
     resets: set[str] = field(default_factory=set)
+    tables: dict[str, int] = field(default_factory=dict)
+    engine_names: set[str] = field(default_factory=set)
+    engine_start: float = 0.0
 
 
 def default_system_names(quick: bool, with_ablations: bool) -> tuple[str, ...]:
@@ -264,51 +268,59 @@ def default_system_names(quick: bool, with_ablations: bool) -> tuple[str, ...]:
     return names
 
 
-def run_benchmark(config: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Run every workload under every system; returns the JSON-ready report."""
+@contextlib.contextmanager
+def open_run(config: BenchConfig, progress: Progress) -> Iterator[RunState]:
+    """TPC-H loaded, the configured workloads built, halo's engines started; everything the run
+    started (engines, servers, the database) is closed on the way out, errors and Ctrl-C too."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    began = time.perf_counter()
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    systems = [make_system(name) for name in config.systems]
-    progress = progress or Progress(enabled=False)
-
     progress.message(f"TPC-H scale {config.scale:g}: generating/loading")
     database = duckdb.connect()
     # DuckDB draws its own progress bar on stdout for queries over 2 s (LLM UDFs run inside
     # queries); it would land in the report.
     database.sql("SET enable_progress_bar = false")
-    tables = load_tpch(database, config.scale, cache_dir)
-    workloads = [build_workload(key, database, config.queries) for key in config.workloads]
-
-    setup = model_setup(config, cache_dir)
-    progress.message(f"starting the {setup.backend} model(s)")
-    con = setup.connect(database)
-    start_began = time.perf_counter()
-    needed = {"default"} | {m for w in workloads for m in w.models}
-    engines = {con.session.backend(m).name for m in sorted(needed)}
-    engine_start = time.perf_counter() - start_began
-
-    repeat = max(1, config.repeat)
-    progress.start(
-        sum(len(w.queries) * len(systems) * repeat + warm_up_queries(w, systems) for w in workloads)
-    )
-    results = []
     engines_before = running()
-    # The session stays referenced by `baseline_engines` (sessions are dropped, never closed:
-    # closing would close the shared database).
-    baseline_engines = Engines(con.session.backend, setup.specs())
-    del con
-    run = RunState(setup, database, baseline_engines, PromptTokens(), progress, repeat)
+    baseline_engines: Engines | None = None
     try:
-        for workload in workloads:
-            results.append(_run_workload(workload, systems, run))
+        tables = load_tpch(database, config.scale, cache_dir)
+        workloads = [build_workload(key, database, config.queries) for key in config.workloads]
+        setup = model_setup(config, cache_dir)
+        progress.message(f"starting the {setup.backend} model(s)")
+        con = setup.connect(database)
+        start_began = time.perf_counter()
+        needed = {"default"} | {m for w in workloads for m in w.models}
+        names = {con.session.backend(m).name for m in sorted(needed)}
+        engine_start = time.perf_counter() - start_began
+        # The session stays referenced by the Engines (sessions are dropped, never closed:
+        # closing would close the shared database).
+        baseline_engines = Engines(con.session.backend, setup.specs())
+        yield RunState(setup, database, baseline_engines, PromptTokens(), progress, workloads,
+                       max(1, config.repeat), tables=tables, engine_names=names,
+                       engine_start=engine_start)
     finally:
         progress.finish()
-        baseline_engines.close()
-        shutdown_started_since(engines_before)
-        database.close()
-    meta = _meta(config, setup, tables, engines, engine_start, run.resets, systems)
-    meta["settings"]["baseline_engine_start_seconds"] = baseline_engines.start_seconds
+        try:
+            if baseline_engines is not None:
+                baseline_engines.close()
+        finally:
+            shutdown_started_since(engines_before)
+            database.close()
+
+
+def run_benchmark(config: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run every workload under every system; returns the JSON-ready report."""
+    began = time.perf_counter()
+    systems = [make_system(name) for name in config.systems]
+    progress = progress or Progress(enabled=False)
+    with open_run(config, progress) as run:
+        progress.start(sum(
+            len(w.queries) * len(systems) * run.repeat + warm_up_queries(w, systems)
+            for w in run.workloads
+        ))
+        results = [_run_workload(workload, systems, run) for workload in run.workloads]
+    meta = _meta(config, run.setup, run.tables, run.engine_names, run.engine_start, run.resets,
+                 systems)
+    meta["settings"]["baseline_engine_start_seconds"] = run.engines.start_seconds
     return {
         "meta": meta,
         "workloads": results,
