@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="default model directory (vllm default: the tiny model, "
                                      "written to <cache>/tiny-model)")
     run.add_argument("--large-model", help="W4's large model (vllm default: a larger tiny model)")
+    run.add_argument("--dtype", help="vLLM weights and activations (default float32: greedy "
+                                     "answers equal across systems; bfloat16 is faster on CPU)")
     run.add_argument("--systems",
                      help="comma-separated systems (default: naive,per_query,halo,vllm-async; "
                           "without --quick also langgraph and the ablations "
@@ -122,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             make_system(name)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.dtype and args.backend != "vllm":
+        parser.error("--dtype applies to the vllm backend only")
     if (args.queries is not None and args.queries < 1) or args.repeat < 1:
         parser.error("--queries and --repeat must be at least 1")
     config = BenchConfig(
@@ -133,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workloads=workloads,
         systems=systems,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        model_options={"dtype": args.dtype} if args.dtype else {},
         quick=args.quick,
         repeat=args.repeat,
     )

@@ -175,7 +175,26 @@ def model_setup(config: BenchConfig, cache_dir: Path) -> ModelSetup:
     if large is None:
         large = str(_tiny_model(cache_dir / "tiny-model-large", write_tiny_model, TINY_LARGE))
     options = {**DEFAULT_VLLM_OPTIONS, **config.model_options}
-    return ModelSetup("vllm", model, options, large, dict(options))
+    return ModelSetup("vllm", model, _chat_option(model, options), large,
+                      _chat_option(large, options))
+
+
+def has_chat_template(model: str) -> bool:
+    """Whether a model directory's tokenizer carries a chat template (an instruction-tuned
+    model): then halo and the baselines send every prompt as one user turn of it."""
+    path = Path(model)
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError):
+        return False
+
+
+def _chat_option(model: str, options: dict[str, Any]) -> dict[str, Any]:
+    if "chat_template" in options or not has_chat_template(model):
+        return dict(options)
+    return {**options, "chat_template": True}
 
 
 def _tiny_model(directory: Path, write: Any, shape: dict[str, int]) -> Path:
@@ -489,6 +508,9 @@ def warm_up_queries(workload: Workload, systems: Sequence[System]) -> int:
 def _warm_up_program(system: ProgramSystem, workload: Workload, run: RunState) -> None:
     """The program system's warm-up, as halo's: each shape's first query alone, then the whole
     batch, on its own engine (a failure shows in the measured run)."""
+    if not system.runs(workload):
+        run.progress.advance(workload.shapes + len(workload.queries))
+        return
     run.progress.label(f"{workload.key} warm-up {system.name}")
     try:
         router = system.router(run.engines, program_models(workload))
@@ -572,16 +594,9 @@ def _run_system(
 def _run_program_system(
     system: ProgramSystem, workload: Workload, run: RunState, step: Any
 ) -> Measured:
+    if not system.runs(workload):
+        raise SystemUnavailable(f"workload {workload.key} has no {system.kind} version")
     router = system.router(run.engines, program_models(workload))
-    try:
-        program_for(workload)
-    except ValueError as exc:
-        raise SystemUnavailable(str(exc)) from None
-    if system.kind == "langgraph":
-        from tpc_agentic_bench.graphs import GRAPHS
-
-        if workload.key not in GRAPHS:
-            raise SystemUnavailable(f"workload {workload.key} has no LangGraph version")
     run.resets.add(run.engines.reset(router))
     router.prompts.clear()
     before = run.engines.counters(router)

@@ -298,6 +298,18 @@ class ProgramSystem(System):
 
     kind: str = "asyncio"
 
+    def runs(self, workload: Workload) -> bool:
+        """Whether this workload has a version for this system (a program, or a graph)."""
+        from tpc_agentic_bench.programs import PROGRAMS
+
+        if workload.key not in PROGRAMS or len(workload.params) != len(workload.queries):
+            return False
+        if self.kind == "langgraph":
+            from tpc_agentic_bench.graphs import GRAPHS
+
+            return workload.key in GRAPHS
+        return True
+
     def router(self, engines: Engines, models: Sequence[str]) -> Router:
         if self.kind == "langgraph":
             return engines.graph_router(models)
