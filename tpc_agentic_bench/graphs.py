@@ -381,10 +381,10 @@ def _w5_graph() -> Any:
         graph.add_node(name, node)
     graph.add_edge(START, "load")
     graph.add_conditional_edges("load", route, [*branch.values(), *fan_in.values()])
-    for shape, node in branch.items():
-        graph.add_edge(node, fan_in[shape])
-    for node in fan_in.values():
-        graph.add_edge(node, END)
+    for shape, name in branch.items():
+        graph.add_edge(name, fan_in[shape])
+    for name in fan_in.values():
+        graph.add_edge(name, END)
     return graph.compile()
 
 

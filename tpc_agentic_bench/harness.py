@@ -279,7 +279,7 @@ def default_system_names(quick: bool, with_ablations: bool) -> tuple[str, ...]:
     """The systems a run compares when none are named: halo, the baselines a user would pick
     instead (`vllm-async`; `langgraph` starts a server per model, so not in --quick), the
     reference points naive and per_query, and the ablations outside --quick."""
-    names = ("naive", "per_query", "halo", "vllm-async")
+    names: tuple[str, ...] = ("naive", "per_query", "halo", "vllm-async")
     if not quick:
         names += ("langgraph",)
         if with_ablations:
