@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # A polite kill (SIGTERM) unwinds like Ctrl-C, so the engines and vLLM servers the run
+        # started are stopped on the way out.
+        signal.signal(signal.SIGTERM, _terminate)
     # Before anything imports vLLM: a bounded KV cache on CPU, and vLLM's INFO chatter off.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -163,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in outputs:
         print(f"wrote {path}", file=sys.stderr)
     return _status(report)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _numbers(text: str, what: str, parser: argparse.ArgumentParser) -> list[float]:

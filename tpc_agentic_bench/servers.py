@@ -15,6 +15,7 @@ call twice; use it as a context manager so the server stops on errors and Ctrl-C
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -102,6 +103,8 @@ class VLLMServer:
             self.command(self.port), stdout=self._log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,  # its own process group: stop() ends the engine core too
         )
+        # A backstop for an interpreter that exits without reaching stop() (stop() is idempotent).
+        atexit.register(self.stop)
         try:
             self._wait_healthy()
         except BaseException:
