@@ -76,10 +76,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        # A polite kill (SIGTERM) unwinds like Ctrl-C, so the engines and vLLM servers the run
-        # started are stopped on the way out.
-        signal.signal(signal.SIGTERM, _terminate)
+    if threading.current_thread() is not threading.main_thread():
+        return _main(parser, args)
+    # A polite kill (SIGTERM) unwinds like Ctrl-C, so the engines and vLLM servers the run
+    # started are stopped on the way out.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(parser, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # Before anything imports vLLM: a bounded KV cache on CPU, and vLLM's INFO chatter off.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
