@@ -179,8 +179,8 @@ def as_varchar(value: Any) -> str | None:
     with _render_lock:
         if _render_con is None:
             _render_con = duckdb.connect()
-        row = _render_con.execute("SELECT CAST($v AS VARCHAR)", {"v": value}).fetchone()
-    return None if row is None else str(row[0])
+        rows = _render_con.execute("SELECT CAST($v AS VARCHAR)", {"v": value}).fetchall()
+    return None if not rows or rows[0][0] is None else str(rows[0][0])
 
 
 @dataclass(frozen=True)
