@@ -447,7 +447,7 @@ def _run_workload(workload: Workload, systems: Sequence[System], run: RunState) 
             (r["lower_bound_own"] for r in rows if r.get("available") and not r["errors"]),
             default=None,
         )
-        source = "systems (no plain program for this workload)"
+        source = "systems (no workload bound: see lower_bound_note)"
     _compare(rows, outcomes, bound)
     return {
         "key": workload.key,
@@ -534,7 +534,10 @@ def _workload_bound(workload: Workload, run: RunState) -> tuple[WorkloadBound | 
     except ValueError:
         return None, "no plain program for this workload: bound from the systems' requests"
     router = run.engines.bound_router(program_models(workload))
-    memo, outcomes = run.engines.loop.run(logical_run(workload, router, run.database))
+    try:
+        memo, outcomes = run.engines.loop.run(logical_run(workload, router, run.database))
+    except Exception as exc:  # the systems' runs still say what they can
+        return None, f"the logical run failed ({type(exc).__name__}: {exc}): no workload bound"
     bound = bound_of(memo, run.tokens)
     failed = [i for i, o in enumerate(outcomes) if o.error]
     note = "logical run of the plain program, distinct requests"
