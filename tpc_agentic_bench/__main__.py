@@ -10,24 +10,28 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def _parser() -> argparse.ArgumentParser:
     from tpc_agentic_bench.systems import ABLATIONS
-    from tpc_agentic_bench.workloads import AGENT_WORKLOADS, WORKLOADS
+    from tpc_agentic_bench.workloads import AGENT_WORKLOADS
 
     parser = argparse.ArgumentParser(prog="python -m tpc_agentic_bench")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run workloads under every system and compare them")
     run.add_argument("--quick", action="store_true",
                      help="smoke-test size: TPC-H SF 0.01 and 4 queries per workload")
-    run.add_argument("--workloads", default=",".join(WORKLOADS),
-                     help="comma-separated workload keys (default: all of W1..W6; agent "
+    run.add_argument("--workloads",
+                     help="comma-separated workload keys (default: all of W1..W6; --scaling: "
+                          "W2,W5; --online: W2; agent "
                           f"variants: {', '.join(AGENT_WORKLOADS)})")
     run.add_argument("--agents", action="store_true",
                      help="also run the agent-workflow variants "
@@ -38,9 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="default model directory (vllm default: the tiny model, "
                                      "written to <cache>/tiny-model)")
     run.add_argument("--large-model", help="W4's large model (vllm default: a larger tiny model)")
+    run.add_argument("--dtype", help="vLLM weights and activations (default float32: greedy "
+                                     "answers equal across systems; bfloat16 is faster on CPU)")
     run.add_argument("--systems",
-                     help="comma-separated systems (default: naive,per_query,halo, plus the "
-                          f"ablations {', '.join(ABLATIONS)} once execute_batch can switch them off)")
+                     help="comma-separated systems (default: naive,per_query,halo,vllm-async; "
+                          "without --quick also langgraph and the ablations "
+                          f"{', '.join(ABLATIONS)})")
     run.add_argument("--repeat", type=int, default=1,
                      help="runs per (workload, system), each from a cold cache; the median wall "
                           "time is reported (default 1)")
@@ -53,12 +60,36 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     run.add_argument("--verbose", action="store_true",
                      help="show the LLM engine's own logging (vLLM INFO/WARNING lines)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--scaling", action="store_true",
+                      help="cost growth: W2 and W5 (or --workloads) at --sizes queries under halo "
+                           "and vllm-async (or --systems): wall time, planning time, peak RSS")
+    mode.add_argument("--online", action="store_true",
+                      help="Poisson arrivals of W2's (or --workloads) queries at --rates: "
+                           "throughput and p50/p99 latency, halo vs vllm-async (or --systems)")
+    run.add_argument("--sizes", default="16,64,256,1024",
+                     help="batch sizes of --scaling (default 16,64,256,1024)")
+    run.add_argument("--rates", default="0.5,1,2,4,8",
+                     help="arrival rates of --online in queries/s (default 0.5,1,2,4,8)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the --online arrivals")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return _main(parser, args)
+    # A polite kill (SIGTERM) unwinds like Ctrl-C, so the engines and vLLM servers the run
+    # started are stopped on the way out.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(parser, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # Before any engine starts: a bounded KV cache on CPU, and the engine's logging off
     # unless --verbose (halo_sql/llm/logs.py).
     from halo_sql.llm.logs import quiet_engine_logs
@@ -73,20 +104,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         QUICK_QUERIES,
         QUICK_SCALE,
         BenchConfig,
+        default_system_names,
         run_benchmark,
+    )
+    from tpc_agentic_bench.modes import (
+        ONLINE_SYSTEMS,
+        ONLINE_WORKLOAD,
+        SCALING_SYSTEMS,
+        SCALING_WORKLOADS,
     )
     from tpc_agentic_bench.progress import Progress
     from tpc_agentic_bench.report import format_report, write_json, write_plot
-    from tpc_agentic_bench.systems import ABLATIONS, ablations_supported
+    from tpc_agentic_bench.systems import ablations_supported
 
     if args.systems:
         systems = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    elif args.scaling:
+        systems = SCALING_SYSTEMS
+    elif args.online:
+        systems = ONLINE_SYSTEMS
     else:
-        systems = ("naive", "per_query", "halo")
-        if ablations_supported():
-            systems += tuple(ABLATIONS)
+        systems = default_system_names(args.quick, ablations_supported())
     from tpc_agentic_bench.systems import make_system
-    from tpc_agentic_bench.workloads import AGENT_WORKLOADS, ALL_WORKLOADS
+    from tpc_agentic_bench.workloads import AGENT_WORKLOADS, ALL_WORKLOADS, WORKLOADS
+
+    if args.workloads is None:
+        args.workloads = (",".join(SCALING_WORKLOADS) if args.scaling
+                          else ONLINE_WORKLOAD if args.online else ",".join(WORKLOADS))
 
     workloads = tuple(k.strip().upper() for k in args.workloads.split(",") if k.strip())
     if args.agents:
@@ -99,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             make_system(name)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.dtype and args.backend != "vllm":
+        parser.error("--dtype applies to the vllm backend only")
     if (args.queries is not None and args.queries < 1) or args.repeat < 1:
         parser.error("--queries and --repeat must be at least 1")
     config = BenchConfig(
@@ -110,10 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         workloads=workloads,
         systems=systems,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        model_options={"dtype": args.dtype} if args.dtype else {},
         quick=args.quick,
         repeat=args.repeat,
     )
-    report = run_benchmark(config, Progress(enabled=not args.no_progress))
+    progress = Progress(enabled=not args.no_progress)
+    if args.scaling or args.online:
+        return _run_mode(args, parser, config, progress)
+    report = run_benchmark(config, progress)
     text = format_report(report)
     print(text)
 
@@ -132,6 +182,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in outputs:
         print(f"wrote {path}", file=sys.stderr)
     return _status(report)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _numbers(text: str, what: str, parser: argparse.ArgumentParser) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"{what} must be comma-separated numbers, got {text!r}")
+    if not values or any(v <= 0 for v in values):
+        parser.error(f"{what} must be positive numbers, got {text!r}")
+    return values
+
+
+def _run_mode(args: argparse.Namespace, parser: argparse.ArgumentParser, config: Any,
+              progress: Any) -> int:
+    """--scaling or --online: their own table and JSON (`modes.py`)."""
+    import dataclasses
+    import json
+
+    from tpc_agentic_bench.modes import format_online, format_scaling, run_online, run_scaling
+
+    if args.scaling:
+        sizes = [int(v) for v in _numbers(args.sizes, "--sizes", parser)]
+        report = run_scaling(dataclasses.replace(config, queries=max(sizes)), sizes, progress)
+        text = format_scaling(report)
+    else:
+        rates = _numbers(args.rates, "--rates", parser)
+        report = run_online(config, rates, args.seed, progress)
+        text = format_online(report)
+    print(text)
+    outputs = []
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        outputs.append(path)
+    if args.record:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = RESULTS_DIR / f"{stamp}-{config.backend}-{report['mode']}"
+        base.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        base.with_suffix(".txt").write_text(text + "\n")
+        outputs += [base.with_suffix(".json"), base.with_suffix(".txt")]
+    for path in outputs:
+        print(f"wrote {path}", file=sys.stderr)
+    failed = [p for p in report["points"] if p.get("failed") or p.get("errors")]
+    if failed:
+        print(f"FAILED: {len(failed)} point(s) failed or had query errors", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _status(report: dict) -> int:

@@ -19,6 +19,7 @@ worker processes that re-import the main module).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,20 @@ import halo_sql
 from halo_sql import Connection, Session
 from halo_sql.datasets.tpch import default_cache_dir, load_tpch
 from halo_sql.llm.base import Backend
-from halo_sql.llm.prefix_cache import prefix_trie_size
 from halo_sql.llm.registry import running, shutdown_started_since
-from halo_sql.llm.tokenizer import TextTokenizer, load_tokenizer
+from tpc_agentic_bench.bound import PromptTokens, WorkloadBound, bound_of, logical_run
+from tpc_agentic_bench.clients import backend_counters, engine_key
+from tpc_agentic_bench.engines import Engines
+from tpc_agentic_bench.programs import program_for
 from tpc_agentic_bench.progress import Progress
 from tpc_agentic_bench.recording import Recorder
 from tpc_agentic_bench.systems import (
+    ABLATIONS,
+    PROGRAM_SYSTEMS,
     BatchOutcome,
     HaloSystem,
     PerQuerySystem,
+    ProgramSystem,
     System,
     SystemUnavailable,
     make_system,
@@ -119,6 +125,12 @@ class ModelSetup:
         con.sql(_create_model(LARGE_MODEL, self.backend, self.large_model, self.large_options))
         return con
 
+    def specs(self) -> dict[str, tuple[str, str | None, dict[str, Any]]]:
+        """(backend, model directory, options) per model name of the run."""
+        default = (self.backend, self.model, self.options)
+        return {"default": default, SMALL_MODEL: default,
+                LARGE_MODEL: (self.backend, self.large_model, self.large_options)}
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
@@ -163,7 +175,26 @@ def model_setup(config: BenchConfig, cache_dir: Path) -> ModelSetup:
     if large is None:
         large = str(_tiny_model(cache_dir / "tiny-model-large", write_tiny_model, TINY_LARGE))
     options = {**DEFAULT_VLLM_OPTIONS, **config.model_options}
-    return ModelSetup("vllm", model, options, large, dict(options))
+    return ModelSetup("vllm", model, _chat_option(model, options), large,
+                      _chat_option(large, options))
+
+
+def has_chat_template(model: str) -> bool:
+    """Whether a model directory's tokenizer carries a chat template (an instruction-tuned
+    model): then halo and the baselines send every prompt as one user turn of it."""
+    path = Path(model)
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError):
+        return False
+
+
+def _chat_option(model: str, options: dict[str, Any]) -> dict[str, Any]:
+    if "chat_template" in options or not has_chat_template(model):
+        return dict(options)
+    return {**options, "chat_template": True}
 
 
 def _tiny_model(directory: Path, write: Any, shape: dict[str, int]) -> Path:
@@ -186,31 +217,17 @@ def reset_prefix_cache(backend: Backend) -> str | None:
 
 
 class LowerBound:
-    """Prefix-trie lower bounds of prompt sets, with tokenizations memoized across systems."""
+    """Prefix-trie sizes of the prompts one system sent (`lower_bound_own` in the report), as
+    the token ids each engine computes. The workload's own bound is `bound.py`'s."""
 
-    def __init__(self) -> None:
-        self._tokenizers: dict[str, TextTokenizer] = {}
-        self._tokens: dict[tuple[str, str], list[Any]] = {}
-
-    def tokens(self, backend: Backend, prompts: Sequence[str]) -> list[list[Any]]:
-        # The backend's model directory names its tokenizer (None: the sim's regex tokenizer).
-        model = str(getattr(backend, "model", None))
-        tokenizer = self._tokenizers.get(model)
-        if tokenizer is None:
-            tokenizer = self._tokenizers[model] = load_tokenizer(getattr(backend, "model", None))
-        out = []
-        for prompt in prompts:
-            key = (model, prompt)
-            if key not in self._tokens:
-                self._tokens[key] = list(tokenizer.encode(prompt))
-            out.append(self._tokens[key])
-        return out
+    def __init__(self, tokens: PromptTokens | None = None) -> None:
+        self.tokens = tokens or PromptTokens()
 
     def of(self, recorder: Recorder) -> int:
         """Token-trie nodes of the distinct prompts each backend received, summed over backends
         (models never share a cache)."""
         return sum(
-            prefix_trie_size(self.tokens(backend, prompts))
+            self.tokens.trie(engine_key(backend), prompts)
             for backend, prompts in recorder.distinct_prompts()
         )
 
@@ -240,81 +257,132 @@ def agreement(reference: BatchOutcome, other: BatchOutcome) -> tuple[float, list
 # -- the run -------------------------------------------------------------------------------------
 
 
-def run_benchmark(config: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Run every workload under every system; returns the JSON-ready report."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    began = time.perf_counter()
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    systems = [make_system(name) for name in config.systems]
-    progress = progress or Progress(enabled=False)
+@dataclass
+class RunState:
+    """What every workload of a run shares: the data, the models, the program systems' engines,
+    tokenizations, and how caches were reset."""
 
+    setup: ModelSetup
+    database: duckdb.DuckDBPyConnection
+    engines: Engines
+    tokens: PromptTokens
+    progress: Progress
+    workloads: list[Workload]
+    repeat: int = 1
+    resets: set[str] = field(default_factory=set)
+    tables: dict[str, int] = field(default_factory=dict)
+    engine_names: set[str] = field(default_factory=set)
+    engine_start: float = 0.0
+
+
+def default_system_names(quick: bool, with_ablations: bool) -> tuple[str, ...]:
+    """The systems a run compares when none are named: halo, the baselines a user would pick
+    instead (`vllm-async`; `langgraph` starts a server per model, so not in --quick), the
+    reference points naive and per_query, and the ablations outside --quick."""
+    names: tuple[str, ...] = ("naive", "per_query", "halo", "vllm-async")
+    if not quick:
+        names += ("langgraph",)
+        if with_ablations:
+            names += tuple(ABLATIONS)
+    return names
+
+
+@contextlib.contextmanager
+def open_run(config: BenchConfig, progress: Progress) -> Iterator[RunState]:
+    """TPC-H loaded, the configured workloads built, halo's engines started; everything the run
+    started (engines, servers, the database) is closed on the way out, errors and Ctrl-C too."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     progress.message(f"TPC-H scale {config.scale:g}: generating/loading")
     database = duckdb.connect()
     # DuckDB draws its own progress bar on stdout for queries over 2 s (LLM UDFs run inside
     # queries); it would land in the report.
     database.sql("SET enable_progress_bar = false")
-    tables = load_tpch(database, config.scale, cache_dir)
-    workloads = [build_workload(key, database, config.queries) for key in config.workloads]
-
-    setup = model_setup(config, cache_dir)
-    progress.message(f"starting the {setup.backend} model(s)")
-    con = setup.connect(database)
-    start_began = time.perf_counter()
-    needed = {"default"} | {m for w in workloads for m in w.models}
-    engines = {con.session.backend(m).name for m in sorted(needed)}
-    engine_start = time.perf_counter() - start_began
-    del con  # sessions are dropped, never closed: closing would close the shared database
-
-    repeat = max(1, config.repeat)
-    progress.start(
-        sum(len(w.queries) * len(systems) * repeat + warm_up_queries(w, systems) for w in workloads)
-    )
-    lower_bounds = LowerBound()
-    resets: set[str] = set()
-    results = []
     engines_before = running()
+    baseline_engines: Engines | None = None
     try:
-        for workload in workloads:
-            results.append(
-                _run_workload(
-                    workload, systems, setup, database, lower_bounds, resets, progress, repeat
-                )
-            )
+        tables = load_tpch(database, config.scale, cache_dir)
+        workloads = [build_workload(key, database, config.queries) for key in config.workloads]
+        setup = model_setup(config, cache_dir)
+        progress.message(f"starting the {setup.backend} model(s)")
+        con = setup.connect(database)
+        start_began = time.perf_counter()
+        needed = {"default"} | {m for w in workloads for m in w.models}
+        names = {con.session.backend(m).name for m in sorted(needed)}
+        engine_start = time.perf_counter() - start_began
+        # The session stays referenced by the Engines (sessions are dropped, never closed:
+        # closing would close the shared database).
+        baseline_engines = Engines(con.session.backend, setup.specs())
+        yield RunState(setup, database, baseline_engines, PromptTokens(), progress, workloads,
+                       max(1, config.repeat), tables=tables, engine_names=names,
+                       engine_start=engine_start)
     finally:
         progress.finish()
-        shutdown_started_since(engines_before)
-        database.close()
+        try:
+            if baseline_engines is not None:
+                baseline_engines.close()
+        finally:
+            shutdown_started_since(engines_before)
+            database.close()
+
+
+def run_benchmark(config: BenchConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run every workload under every system; returns the JSON-ready report."""
+    began = time.perf_counter()
+    systems = [make_system(name) for name in config.systems]
+    progress = progress or Progress(enabled=False)
+    with open_run(config, progress) as run:
+        progress.start(sum(
+            len(w.queries) * len(systems) * run.repeat + warm_up_queries(w, systems)
+            for w in run.workloads
+        ))
+        results = [_run_workload(workload, systems, run) for workload in run.workloads]
+    meta = _meta(config, run.setup, run.tables, run.engine_names, run.engine_start, run.resets,
+                 systems)
+    meta["settings"]["baseline_engine_start_seconds"] = run.engines.start_seconds
     return {
-        "meta": _meta(config, setup, tables, engines, engine_start, resets, systems),
+        "meta": meta,
         "workloads": results,
         "total_seconds": round(time.perf_counter() - began, 2),
     }
 
 
-def _run_workload(
-    workload: Workload,
-    systems: Sequence[System],
-    setup: ModelSetup,
-    database: duckdb.DuckDBPyConnection,
-    lower_bounds: LowerBound,
-    resets: set[str],
-    progress: Progress,
-    repeat: int,
-) -> dict[str, Any]:
+def program_models(workload: Workload) -> list[str]:
+    """The model names a workload's program may ask (its own, and the default)."""
+    return sorted({"default", *workload.models})
+
+
+@dataclass
+class Measured:
+    """One timed run of one system: what it answered, how long it took, what it sent."""
+
+    outcome: BatchOutcome
+    seconds: float
+    own_bound: int
+    counters: dict[str, int] | None
+
+
+def _run_workload(workload: Workload, systems: Sequence[System], run: RunState) -> dict[str, Any]:
     n = len(workload.queries)
+    progress = run.progress
     progress.label(f"{workload.key} warm-up")
-    for warm in _warm_ups(workload, systems):
+    sql_systems = [s for s in systems if not isinstance(s, ProgramSystem)]
+    for warm in _warm_ups(workload, sql_systems):
         queries = workload.queries if isinstance(warm, HaloSystem) else workload.queries[: workload.shapes]
         step = _stepper(progress)
         with contextlib.suppress(Exception):  # a failing batch is reported by the measured runs
-            _run_system(warm, queries, setup, database, workload, resets, step)
+            _run_system(warm, queries, workload, run, step)
         progress.advance(len(queries) - step.done)
+    bound, bound_note = _workload_bound(workload, run)
+    for system in systems:
+        if isinstance(system, ProgramSystem):
+            _warm_up_program(system, workload, run)
 
     # Repeats go round-robin over the systems, so that a slow spell of the (shared) machine or
     # the engine warming up over time does not land on one system only.
-    runs: dict[str, list[tuple[BatchOutcome, float, Recorder]]] = {s.name: [] for s in systems}
+    runs: dict[str, list[Measured]] = {s.name: [] for s in systems}
     problems: dict[str, dict[str, Any]] = {}
-    for _ in range(repeat):
+    for _ in range(run.repeat):
         for system in systems:
             if system.name in problems:
                 progress.advance(n)
@@ -322,9 +390,11 @@ def _run_workload(
             progress.label(f"{workload.key} {system.name}")
             step = _stepper(progress)
             try:
-                runs[system.name].append(
-                    _run_system(system, workload.queries, setup, database, workload, resets, step)
-                )
+                if isinstance(system, ProgramSystem):
+                    measured = _run_program_system(system, workload, run, step)
+                else:
+                    measured = _run_system(system, workload.queries, workload, run, step)
+                runs[system.name].append(measured)
             except SystemUnavailable as exc:
                 problems[system.name] = {"available": False, "note": str(exc)}
             except Exception as exc:  # the whole batch failed: report it, go on with the others
@@ -341,24 +411,27 @@ def _run_workload(
         if system.name in problems:
             row.update(problems[system.name])
             continue
-        outcome, _, recorder = runs[system.name][0]
-        seconds = statistics.median(t for _, t, _ in runs[system.name])
+        first = runs[system.name][0]
+        outcome = first.outcome
+        seconds = statistics.median(m.seconds for m in runs[system.name])
         outcomes[system.name] = outcome
         errors = [
             {"query": i, "error": q.error} for i, q in enumerate(outcome.queries) if q.error
         ]
-        totals = dict(outcome.totals)
-        # Calls counted at the backend itself: the same yardstick for every system.
-        totals["engine_backend_calls"] = totals["backend_calls"]
-        totals["backend_calls"] = recorder.calls
+        counters = first.counters
         row.update(
             available=True,
             seconds=round(seconds, 4),
-            **totals,
-            lower_bound_own=lower_bounds.of(recorder),
+            **outcome.totals,
+            lower_bound_own=first.own_bound,
             note=outcome.note,
             errors=errors,
-            run_seconds=[round(t, 4) for _, t, _ in runs[system.name]],
+            run_seconds=[round(m.seconds, 4) for m in runs[system.name]],
+            engine_steps=None if counters is None else counters["steps"],
+            avg_running_per_step=(
+                round(counters["running_sum"] / counters["steps"], 2)
+                if counters and counters["steps"] else None
+            ),
             per_query=[
                 {k: q.stats.get(k) for k in ("seconds", "llm_requests", "backend_calls",
                                              "computed_prompt_tokens", "output_tokens")}
@@ -366,17 +439,26 @@ def _run_workload(
             ],
         )
 
-    _compare(rows, outcomes)
+    if bound is not None:
+        bound_tokens: int | None = bound.tokens
+        source = "workload"
+    else:
+        bound_tokens = min(
+            (r["lower_bound_own"] for r in rows if r.get("available") and not r["errors"]),
+            default=None,
+        )
+        source = "systems (no workload bound: see lower_bound_note)"
+    _compare(rows, outcomes, bound)
     return {
         "key": workload.key,
         "name": workload.name,
         "description": workload.description,
         "queries": len(workload.queries),
         "example_query": workload.queries[0],
-        "lower_bound_tokens": min(
-            (r["lower_bound_own"] for r in rows if r.get("available") and not r["errors"]),
-            default=None,
-        ),
+        "lower_bound": None if bound is None else bound.as_dict(),
+        "lower_bound_tokens": bound_tokens,
+        "lower_bound_source": source,
+        "lower_bound_note": bound_note,
         "systems": rows,
     }
 
@@ -401,9 +483,12 @@ def _stepper(progress: Progress) -> _Stepper:
 
 
 def _warm_ups(workload: Workload, systems: Sequence[System]) -> list[System]:
-    """Untimed runs before the measured ones: the first query of each shape one by one (starts
-    engines, compiles output grammars), and the whole batch once through execute_batch when a
-    halo system will run (the engine then has seen batch-sized steps too)."""
+    """Untimed runs of halo's engine before the measured ones: the first query of each shape one
+    by one (starts engines, compiles output grammars), and the whole batch once through
+    execute_batch when a halo system will run (the engine then has seen batch-sized steps too).
+    Program systems get the same on their own engines (`_warm_up_program`)."""
+    if not systems:
+        return []
     warm: list[System] = [PerQuerySystem("warm-up", "untimed")]
     if any(isinstance(s, HaloSystem) for s in systems) and hasattr(Connection, "execute_batch"):
         warm.append(HaloSystem("warm-up-batch", "untimed"))
@@ -412,45 +497,155 @@ def _warm_ups(workload: Workload, systems: Sequence[System]) -> list[System]:
 
 def warm_up_queries(workload: Workload, systems: Sequence[System]) -> int:
     """How many queries the warm-up runs (for the progress total)."""
+    sql_systems = [s for s in systems if not isinstance(s, ProgramSystem)]
+    programs = sum(isinstance(s, ProgramSystem) for s in systems)
     return sum(
         len(workload.queries) if isinstance(w, HaloSystem) else workload.shapes
-        for w in _warm_ups(workload, systems)
-    )
+        for w in _warm_ups(workload, sql_systems)
+    ) + programs * (workload.shapes + len(workload.queries))
+
+
+def _warm_up_program(system: ProgramSystem, workload: Workload, run: RunState) -> None:
+    """The program system's warm-up, as halo's: each shape's first query alone, then the whole
+    batch, on its own engine (a failure shows in the measured run)."""
+    if not system.runs(workload):
+        run.progress.advance(workload.shapes + len(workload.queries))
+        return
+    run.progress.label(f"{workload.key} warm-up {system.name}")
+    try:
+        router = system.router(run.engines, program_models(workload))
+        for index in range(workload.shapes):
+            one = dataclasses.replace(workload, queries=workload.queries[index : index + 1],
+                                      params=workload.params[index : index + 1])
+            system.run_program(run.engines, router, one, run.database, lambda done: None)
+            run.progress.advance(1)
+        step = _stepper(run.progress)
+        system.run_program(run.engines, router, workload, run.database, step)
+        run.progress.advance(len(workload.queries) - step.done)
+    except Exception:  # noqa: S110 - the measured run reports the failure, with its cause
+        pass
+
+
+def _workload_bound(workload: Workload, run: RunState) -> tuple[WorkloadBound | None, str]:
+    """The workload's own lower bound: its logical workflow run once through a request memo on
+    halo's engines (untimed, whatever systems run). None when it has no plain program."""
+    try:
+        program_for(workload)
+    except ValueError:
+        return None, "no plain program for this workload: bound from the systems' requests"
+    router = run.engines.bound_router(program_models(workload))
+    try:
+        memo, outcomes = run.engines.loop.run(logical_run(workload, router, run.database))
+    except Exception as exc:  # the systems' runs still say what they can
+        return None, f"the logical run failed ({type(exc).__name__}: {exc}): no workload bound"
+    bound = bound_of(memo, run.tokens)
+    failed = [i for i, o in enumerate(outcomes) if o.error]
+    note = "logical run of the plain program, distinct requests"
+    if failed:
+        note += f"; queries {failed} failed in it (the bound misses their work)"
+    return bound, note
+
+
+def _halo_counters(con: Connection, workload: Workload) -> dict[str, int] | None:
+    """Summed engine counters of the workload's models' backends (None: not counted)."""
+    total = {"steps": 0, "running_sum": 0}
+    seen: set[int] = set()
+    for model in workload.models:
+        backend = con.session.backend(model)
+        if id(backend) in seen:
+            continue
+        seen.add(id(backend))
+        counts = backend_counters(backend)
+        if counts is None:
+            return None
+        total["steps"] += counts["steps"]
+        total["running_sum"] += counts["running_sum"]
+    return total
+
+
+def _delta(after: dict[str, int] | None, before: dict[str, int] | None) -> dict[str, int] | None:
+    if after is None or before is None:
+        return None
+    return {key: after[key] - before[key] for key in after}
 
 
 def _run_system(
     system: System,
     queries: Sequence[str],
-    setup: ModelSetup,
-    database: duckdb.DuckDBPyConnection,
     workload: Workload,
-    resets: set[str],
+    run: RunState,
     step: Any,
-) -> tuple[BatchOutcome, float, Recorder]:
-    con = setup.connect(database)  # dropped afterwards, not closed (that closes `database`)
+) -> Measured:
+    con = run.setup.connect(run.database)  # dropped afterwards, not closed (that closes it)
     for statement in workload.setup_sql:  # CREATE TOOL / CREATE AGENT: session state, untimed
         con.sql(statement)
     for model in workload.models:
         how = reset_prefix_cache(con.session.backend(model))
-        resets.add(how or "none")
+        run.resets.add(how or "none")
     recorder = Recorder()
     system.prepare(con, recorder)
+    before = _halo_counters(con, workload)
     outcome, seconds = timed(lambda: system.run(con, queries, step))
-    return outcome, seconds, recorder
-
-
-def _compare(rows: list[dict[str, Any]], outcomes: dict[str, BatchOutcome]) -> None:
-    """Fill speedups and answer agreement into the per-system rows (in place)."""
-    by_name = {r["name"]: r for r in rows if r.get("available")}
-    reference = next(
-        (n for n in ("naive", "per_query") if n in outcomes and not by_name[n]["errors"]),
-        next(iter(outcomes), None),
+    counters = _delta(_halo_counters(con, workload), before)
+    own = sum(
+        run.tokens.trie(engine_key(backend), prompts)
+        for backend, prompts in recorder.distinct_prompts()
     )
+    return Measured(outcome, seconds, own, counters)
+
+
+def _run_program_system(
+    system: ProgramSystem, workload: Workload, run: RunState, step: Any
+) -> Measured:
+    if not system.runs(workload):
+        raise SystemUnavailable(f"workload {workload.key} has no {system.kind} version")
+    router = system.router(run.engines, program_models(workload))
+    run.resets.add(run.engines.reset(router))
+    router.prompts.clear()
+    before = run.engines.counters(router)
+    outcome, seconds = timed(
+        lambda: system.run_program(run.engines, router, workload, run.database, step)
+    )
+    counters = _delta(run.engines.counters(router), before)
+    own = sum(run.tokens.trie(engine, prompts) for engine, prompts in router.distinct_prompts())
+    return Measured(outcome, seconds, own, counters)
+
+
+def _compare(
+    rows: list[dict[str, Any]], outcomes: dict[str, BatchOutcome], bound: WorkloadBound | None
+) -> None:
+    """Fill speedups, answer agreement and the ratios to the bound into the rows (in place).
+
+    The reference for agreement is halo when it ran without errors, else naive or per_query.
+    `speedup_vs_best_baseline` compares with the faster of vllm-async and langgraph."""
+    by_name = {r["name"]: r for r in rows if r.get("available")}
+    clean = [n for n in outcomes if not by_name[n]["errors"]]
+    reference = next((n for n in ("halo", "naive", "per_query") if n in clean),
+                     next(iter(outcomes), None))
+    baselines = [by_name[n] for n in PROGRAM_SYSTEMS if n in clean and by_name[n]["seconds"] > 0]
+    best = min(baselines, key=lambda r: r["seconds"]) if baselines else None
     for name, row in by_name.items():
         for base in ("naive", "per_query"):
             other = by_name.get(base)
             row[f"speedup_vs_{base}"] = (
                 round(other["seconds"] / row["seconds"], 3) if other and row["seconds"] > 0 else None
+            )
+        row["speedup_vs_best_baseline"] = (
+            round(best["seconds"] / row["seconds"], 3) if best and row["seconds"] > 0 else None
+        )
+        row["best_baseline"] = None if best is None else best["name"]
+        if bound is not None:
+            computed = row.get("computed_prompt_tokens")
+            row["computed_over_lb"] = (
+                round(computed / bound.tokens, 3) if computed is not None and bound.tokens else None
+            )
+            row["computed_over_lb_blocks"] = (
+                round(computed / bound.block_tokens, 3)
+                if computed is not None and bound.block_tokens else None
+            )
+            row["output_over_lb"] = (
+                round(row["output_tokens"] / bound.output_tokens, 3)
+                if bound.output_tokens else None
             )
         if reference is not None:
             share, differ = agreement(outcomes[reference], outcomes[name])
@@ -489,8 +684,24 @@ def _meta(
                 else "fallback: per_query (the engine has no execute_batch yet)"
             ),
             "decoding": "greedy (temperature 0)",
+            "halo_prompt_layout": halo_prompt_layout(),
         },
     }
+
+
+def halo_renders_in_place() -> bool:
+    """True when halo renders every template with its values in place, as the plain programs
+    do (then the two send the same requests wherever halo neither shares nor skips work)."""
+    from halo_sql.parser.template import parse_template
+
+    return parse_template("Is {a} late? Say so.").render(["it"]) == "Is it late? Say so."
+
+
+def halo_prompt_layout() -> str:
+    if halo_renders_in_place():
+        return "values in place (as the plain programs)"
+    return ("values last where text follows a slot: on such templates halo's prompts, and so "
+            "its answers, differ from the in-place prompts of vllm-async and langgraph")
 
 
 def _machine() -> dict[str, Any]:

@@ -22,11 +22,20 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("cached", "cached_prompt_tokens", 8),
     ("computed", "computed_prompt_tokens", 8),
     ("comp/LB", "computed_over_lb", 7),
+    ("comp/LBblk", "computed_over_lb_blocks", 10),
     ("output tok", "output_tokens", 10),
+    ("out/LB", "output_over_lb", 6),
+    ("seq/step", "avg_running_per_step", 8),
     ("x naive", "speedup_vs_naive", 7),
     ("x per_query", "speedup_vs_per_query", 11),
+    ("x best", "speedup_vs_best_baseline", 7),
     ("agree", "agreement", 6),
 )
+"""The per-system table. `x best`: speedup over the faster of vllm-async and langgraph; the
+`LB` ratios: the system's computed prefill and output tokens over the workload's bound."""
+
+UNKNOWN = "unknown"
+"""How a count the serving side did not report is shown (never as 0)."""
 
 
 def format_ratio(value: float | None) -> str:
@@ -34,12 +43,18 @@ def format_ratio(value: float | None) -> str:
 
 
 def _cell(key: str, row: dict[str, Any], lower_bound: int | None) -> str:
-    if key == "computed_over_lb":
+    if key == "computed_over_lb" and key not in row:  # a bound from the systems' own requests
         computed = row.get("computed_prompt_tokens")
         return f"{computed / lower_bound:.2f}" if lower_bound and computed is not None else "-"
     value = row.get(key)
     if value is None:
+        if key in ("cached_prompt_tokens", "computed_prompt_tokens") and key in row:
+            return UNKNOWN
         return "-"
+    if key in ("computed_over_lb", "computed_over_lb_blocks", "output_over_lb"):
+        return f"{value:.2f}"
+    if key == "avg_running_per_step":
+        return f"{value:.1f}"
     if key.startswith("speedup"):
         return format_ratio(value)
     if key == "agreement":
@@ -54,10 +69,19 @@ def _cell(key: str, row: dict[str, Any], lower_bound: int | None) -> str:
 def format_workload(workload: dict[str, Any]) -> str:
     """One workload's table, with the notes that qualify its figures."""
     lower_bound = workload.get("lower_bound_tokens")
-    bound = f"{lower_bound:,}" if lower_bound is not None else "unknown"
+    full = workload.get("lower_bound")
+    if full:
+        bound = (
+            f"workload bound {full['prompt_tokens']:,} prompt tokens "
+            f"({full['prompt_tokens_blocks']:,} at block granularity), "
+            f"{full['output_tokens']:,} output tokens, {full['requests']:,} distinct requests"
+        )
+    elif lower_bound is not None:
+        bound = f"prefix-trie lower bound {lower_bound:,} prompt tokens (from the systems' requests)"
+    else:
+        bound = "lower bound unknown"
     lines = [
-        f"{workload['key']} {workload['name']}: {workload['queries']} queries; "
-        f"prefix-trie lower bound {bound} prompt tokens",
+        f"{workload['key']} {workload['name']}: {workload['queries']} queries; {bound}",
         "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, _, w) in enumerate(COLUMNS)),
     ]
     notes = []
@@ -71,7 +95,7 @@ def format_workload(workload: dict[str, Any]) -> str:
             for i, (_, k, w) in enumerate(COLUMNS)
         ]
         lines.append("  ".join(cells))
-        if row.get("note") and row["note"] != "execute_batch":
+        if row.get("note") and row["note"] not in ("execute_batch", "asyncio", "langgraph"):
             notes.append(f"  {row['name']}: {row['note']}")
         if row.get("errors"):
             first = row["errors"][0]
@@ -86,6 +110,8 @@ def format_workload(workload: dict[str, Any]) -> str:
             )
         if row.get("invalid_answers"):
             notes.append(f"  {row['name']}: {row['invalid_answers']} answers broke their output type")
+    if workload.get("lower_bound_note") and "failed" in workload["lower_bound_note"]:
+        notes.append(f"  bound: {workload['lower_bound_note']}")
     return "\n".join(lines + notes)
 
 
@@ -102,7 +128,7 @@ def summary(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
         rows = [r for w in report["workloads"] for r in w["systems"] if r["name"] == name]
         out[name] = {
             base: _geomean([r.get(f"speedup_vs_{base}") or 0 for r in rows])
-            for base in ("naive", "per_query")
+            for base in ("naive", "per_query", "best_baseline")
         }
     return out
 
@@ -128,12 +154,20 @@ def format_report(report: dict[str, Any]) -> str:
            if "none" in settings["prefix_cache_reset_between_systems"] else ""),
         f"engine start {settings['engine_start_seconds']} s (not counted); "
         f"total run {report['total_seconds']} s",
+        *(
+            ["baseline engines/servers start (not counted): "
+             + ", ".join(f"{k} {v} s" for k, v in settings["baseline_engine_start_seconds"].items())]
+            if settings.get("baseline_engine_start_seconds") else []
+        ),
+        *([f"halo prompt layout: {settings['halo_prompt_layout']}"]
+          if settings.get("halo_prompt_layout") else []),
         "",
     ]
     body = [format_workload(w) + "\n" for w in report["workloads"]]
     geo = summary(report)
     tail = ["geometric mean over workloads:"] + [
-        f"  {name:<24} x naive {format_ratio(v['naive']):>8}   x per_query {format_ratio(v['per_query']):>8}"
+        f"  {name:<24} x naive {format_ratio(v['naive']):>8}   x per_query "
+        f"{format_ratio(v['per_query']):>8}   x best baseline {format_ratio(v['best_baseline']):>8}"
         for name, v in geo.items()
     ]
     return "\n".join(head + body + tail)

@@ -7,13 +7,18 @@
     halo         the whole batch at once through `con.execute_batch` (issue 5): one consolidated
                  plan and the batch runtime
     halo-no-X    ablations: halo with one optimization switched off (`ABLATIONS`)
+    vllm-async   what a developer writes instead of SQL: the workload as a plain asyncio program
+                 (`programs.py`), every row's workflow a task awaiting vLLM's AsyncLLM in this
+                 process, all queries in flight at once
+    langgraph    the same workflows as LangGraph graphs (`graphs.py`) over a vLLM
+                 OpenAI-compatible server, all queries at once
 
 Without `execute_batch` in the engine, `halo` runs exactly like `per_query` and says so in its
 `note`, and ablations are reported as unavailable. `HaloSystem.run` and `_run_execute_batch` are
 the one place that follows the batch API.
 
     >>> [s.name for s in default_systems()]
-    ['naive', 'per_query', 'halo']
+    ['naive', 'per_query', 'halo', 'vllm-async', 'langgraph']
 """
 
 from __future__ import annotations
@@ -23,13 +28,20 @@ import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from halo_sql import Connection
 from halo_sql.executor.runtime import LLMRuntime
 from tpc_agentic_bench.recording import Recorder
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from tpc_agentic_bench.clients import Router
+    from tpc_agentic_bench.engines import Engines
+    from tpc_agentic_bench.workloads import Workload
 
 STAT_KEYS = (
     "llm_requests", "backend_calls", "prompt_tokens", "cached_prompt_tokens",
@@ -38,6 +50,10 @@ STAT_KEYS = (
     "tool_errors",
 )
 """Per-statement statistics (`con.stats()` keys) that a batch sums over its queries."""
+
+UNKNOWN_WHEN_MISSING = ("cached_prompt_tokens", "computed_prompt_tokens")
+"""Counts a serving side may not report (an OpenAI-compatible server without prompt-token
+details): one query's None makes the batch total None ("unknown"), never a made-up 0."""
 
 
 class SystemUnavailable(Exception):
@@ -78,6 +94,9 @@ def sum_stats(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for item in stats:
         for key in STAT_KEYS:
             totals[key] += item.get(key, 0) or 0
+    for key in UNKNOWN_WHEN_MISSING:
+        if any(key in item and item[key] is None for item in stats):
+            totals[key] = None
     return totals
 
 
@@ -216,6 +235,11 @@ def _run_execute_batch(
     if callable(total_stats):
         # The batch runtime counts backend calls across queries; per-query counts cannot.
         totals["backend_calls"] = _as_dict(total_stats()).get("backend_calls", totals["backend_calls"])
+    batch_stats = getattr(batch, "stats", None)
+    if callable(batch_stats):
+        planning = _as_dict(batch_stats()).get("planning_seconds")
+        if planning is not None:
+            totals["planning_seconds"] = planning
     return BatchOutcome(outcomes, totals, note="execute_batch")
 
 
@@ -268,8 +292,68 @@ def ablations_supported() -> bool:
     return hasattr(Session, "execute_batch")
 
 
+@dataclass(frozen=True)
+class ProgramSystem(System):
+    """A workload written as a program instead of SQL, on a serving engine: `asyncio` runs the
+    plain program (`programs.py`) on vLLM's AsyncLLM, `langgraph` its LangGraph version
+    (`graphs.py`) on an OpenAI-compatible server. The harness hands it the run's `Engines`."""
+
+    kind: str = "asyncio"
+
+    def runs(self, workload: Workload) -> bool:
+        """Whether this workload has a version for this system (a program, or a graph)."""
+        from tpc_agentic_bench.programs import PROGRAMS
+
+        if workload.key not in PROGRAMS or len(workload.params) != len(workload.queries):
+            return False
+        if self.kind == "langgraph":
+            from tpc_agentic_bench.graphs import GRAPHS
+
+            return workload.key in GRAPHS
+        return True
+
+    def router(self, engines: Engines, models: Sequence[str]) -> Router:
+        if self.kind == "langgraph":
+            return engines.graph_router(models)
+        return engines.async_router(models)
+
+    def run_program(
+        self,
+        engines: Engines,
+        router: Router,
+        workload: Workload,
+        database: duckdb.DuckDBPyConnection,
+        progress: ProgressFn,
+    ) -> BatchOutcome:
+        if self.kind == "langgraph":
+            from tpc_agentic_bench.graphs import run_graph_batch
+
+            coro = run_graph_batch(workload, router, database, progress=progress)
+        else:
+            from tpc_agentic_bench.programs import run_batch
+
+            coro = run_batch(workload, router, database, progress=progress)
+        results = engines.loop.run(coro)
+        outcomes = [QueryOutcome(r.table, r.stats, r.error) for r in results]
+        return BatchOutcome(outcomes, sum_stats([o.stats for o in outcomes]), note=self.kind)
+
+
+PROGRAM_SYSTEMS = ("vllm-async", "langgraph")
+"""The strongest baselines: what users run instead of a SQL engine (`vs_best_baseline`)."""
+
+
 def make_system(name: str) -> System:
-    """The system called `name` (naive, per_query, halo, or an ablation from ABLATIONS)."""
+    """The system called `name` (naive, per_query, halo, an ablation from ABLATIONS,
+    vllm-async or langgraph)."""
+    if name == "vllm-async":
+        return ProgramSystem(
+            "vllm-async", "plain asyncio program, every row a task on vLLM's AsyncLLM",
+            kind="asyncio",
+        )
+    if name == "langgraph":
+        return ProgramSystem(
+            "langgraph", "LangGraph graphs on a vLLM OpenAI-compatible server", kind="langgraph"
+        )
     if name == "naive":
         return NaiveSystem("naive", "one query at a time, one backend call per row")
     if name == "per_query":
@@ -282,13 +366,14 @@ def make_system(name: str) -> System:
             name, f"halo without {ablation.shows}", disable_rules=ablation.rules,
             batch_options=ablation.batch_options,
         )
-    known = ", ".join(["naive", "per_query", "halo", *ABLATIONS])
+    known = ", ".join(["naive", "per_query", "halo", *ABLATIONS, *PROGRAM_SYSTEMS])
     raise ValueError(f"unknown system {name!r} (choose from {known})")
 
 
 def default_systems(with_ablations: bool = False) -> list[System]:
-    """naive, per_query and halo; plus the ablations when asked."""
-    names = ["naive", "per_query", "halo"] + (list(ABLATIONS) if with_ablations else [])
+    """naive, per_query, halo and the program baselines; plus the ablations when asked."""
+    names = ["naive", "per_query", "halo", *PROGRAM_SYSTEMS]
+    names += list(ABLATIONS) if with_ablations else []
     return [make_system(n) for n in names]
 
 

@@ -22,9 +22,11 @@ tiny random-weight test model never stops on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
@@ -49,6 +51,14 @@ class Workload:
     """Distinct query shapes in the batch (its first `shapes` queries cover all of them); the
     harness runs those once before timing, so that one-time work (starting an engine, compiling
     an output grammar) is not charged to whichever system happens to run first."""
+    params: tuple[dict[str, Any], ...] = ()
+    """The values each query was built from (customer key, brand and size, shape, nation and
+    month), in input order: the plain-program baselines (`programs.py`) run the same query from
+    them without parsing its SQL. Empty for a workload that has no program."""
+
+    def head(self, n: int) -> Workload:
+        """The workload cut to its first `n` queries (warm-ups, scaling steps)."""
+        return dataclasses.replace(self, queries=self.queries[:n], params=self.params[:n])
 
 
 def sql_string(text: str) -> str:
@@ -129,13 +139,15 @@ FROM profiled ORDER BY c_custkey"""
 
 
 def w1_multi_step(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
-    queries = tuple(_chain_query(c, _W1_ROLE, None) for c in _customers(con, n, salt=1))
+    customers = _customers(con, n, salt=1)
+    queries = tuple(_chain_query(c, _W1_ROLE, None) for c in customers)
     return Workload(
         "W1",
         "multi-step retrieval",
         "per customer: summarize recent orders (LLM_AGG) -> extract a profile (LLM_EXTRACT) -> "
         "recommend (LLM), as chained CTEs",
         queries,
+        params=tuple({"custkey": c} for c in customers),
     )
 
 
@@ -170,7 +182,8 @@ def w2_adversarial(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
         "Critique: {critiqued.critique}"
     )
     queries = []
-    for custkey in _customers(con, n, salt=2):
+    customers = _customers(con, n, salt=2)
+    for custkey in customers:
         queries.append(_w2_questions(custkey) + f"""answered AS (
     SELECT o_orderkey, question, LLM({answer}, max_tokens => 24) AS answer FROM questions
 ), critiqued AS (
@@ -186,6 +199,7 @@ FROM critiqued ORDER BY o_orderkey""")
         "adversarial reasoning",
         "per customer's orders: answer -> critique -> revise (three chained LLM maps)",
         tuple(queries),
+        params=tuple({"custkey": c} for c in customers),
     )
 
 
@@ -201,6 +215,12 @@ _W3_JUDGES = (
 )
 
 
+def _listing_size(index: int) -> int:
+    """The minimum part size of query `index` of W3/W3A: with brand `index % 25` it gives 1,250
+    distinct (brand, size) pairs before repeating (the first 50 as in the recorded runs)."""
+    return 1 + (index * 7 + index // 50) % 50
+
+
 def w3_voting(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     brands = _sample(con, "SELECT DISTINCT p_brand FROM part ORDER BY p_brand", n)
     labels = "['accept', 'reject']"
@@ -210,7 +230,7 @@ def w3_voting(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     )
     queries = []
     for index, (brand,) in enumerate(brands):
-        size = 1 + (index * 7) % 50
+        size = _listing_size(index)
         judges = ",\n           ".join(
             f"LLM_CLASSIFY({sql_string(text)}, {labels}) AS {name}" for name, text in _W3_JUDGES
         )
@@ -234,6 +254,9 @@ FROM votes GROUP BY p_partkey ORDER BY p_partkey""")
         "per part listing: three judges with different instructions (LLM_CLASSIFY) over the "
         "same input, then an aggregating call (LLM_AGG) over their votes",
         tuple(queries),
+        params=tuple(
+            {"brand": brand, "size": _listing_size(i)} for i, (brand,) in enumerate(brands)
+        ),
     )
 
 
@@ -245,7 +268,8 @@ LARGE_MODEL = "large"
 
 def w4_multi_model(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     models = (SMALL_MODEL, SMALL_MODEL, LARGE_MODEL)  # cheap model for the early steps
-    queries = tuple(_chain_query(c, _W1_ROLE, models) for c in _customers(con, n, salt=4))
+    customers = _customers(con, n, salt=4)
+    queries = tuple(_chain_query(c, _W1_ROLE, models) for c in customers)
     return Workload(
         "W4",
         "multi-model",
@@ -253,6 +277,7 @@ def w4_multi_model(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
         "model recommends",
         queries,
         models=(SMALL_MODEL, LARGE_MODEL),
+        params=tuple({"custkey": c} for c in customers),
     )
 
 
@@ -297,9 +322,12 @@ GROUP BY o_orderpriority ORDER BY o_orderpriority"""
 def w5_analytics(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     months = [f"{1993 + (g % 5)}-{1 + (g * 5) % 12:02d}" for g in range(n)]
     queries = []
+    params = []
     for i in range(n):
         group = i // 4  # the four shapes of a group look at the same nation and month
-        queries.append(_w5_query(i % 4, (group * 7 + 3) % 25, months[group]))
+        nation = (group * 7 + 3) % 25
+        queries.append(_w5_query(i % 4, nation, months[group]))
+        params.append({"shape": i % 4, "nation": nation, "month": months[group]})
     return Workload(
         "W5",
         "relational + LLM analytics",
@@ -307,6 +335,7 @@ def w5_analytics(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
         "top-k, LLM projection, filter + two maps, and a GROUP BY over LLM scores",
         tuple(queries),
         shapes=min(4, n),
+        params=tuple(params),
     )
 
 
@@ -337,7 +366,8 @@ def w6_fan_out(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
         "customer from these findings."
     )
     queries = []
-    for custkey in _customers(con, n, salt=6):
+    customers = _customers(con, n, salt=6)
+    for custkey in customers:
         tools = "\n    UNION ALL ".join(
             f"SELECT {sql_string(name)} AS tool, ({sql.format(c=custkey)}) AS result"
             for name, sql in _W6_TOOLS
@@ -355,6 +385,7 @@ FROM findings""")
         "per customer: six SQL 'tool' sub-queries, each result explained by the model (fan-out), "
         "then one review over all findings (LLM_AGG, fan-in)",
         tuple(queries),
+        params=tuple({"custkey": c} for c in customers),
     )
 
 
@@ -458,7 +489,7 @@ def w3a_voting_agents(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     )
     queries = []
     for index, (brand,) in enumerate(brands):
-        size = 1 + (index * 7) % 50
+        size = _listing_size(index)
         votes = "\n    UNION ALL\n    ".join(
             f"SELECT p_partkey, '{name}: ' || answer AS vote "
             f"FROM AGENT('w3a_{name}_judge', input => (SELECT * FROM listings))"

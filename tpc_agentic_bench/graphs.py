@@ -1,0 +1,478 @@
+"""The workloads as LangGraph graphs: the `langgraph` system.
+
+The same workflows as `programs.py` (same SQL for the data, same steps and prompts), written the
+way LangGraph users write them: one node per LLM step, a row's chain as its own small graph,
+fan-out to rows and to voting judges with `Send` and fan-in through a reducer, and every query
+of the batch invoked at once (`asyncio.gather` of `ainvoke`, what `abatch` does, with each
+query timed). The model sits behind an OpenAI-compatible server (`clients.OpenAIClient`); the
+nodes find it, and the DuckDB connection, in the run's config (`configurable`), as LangGraph
+passes runtime resources.
+
+    >>> graph = workload_graph("W2")                                   # doctest: +SKIP
+    >>> await graph.ainvoke({"params": {"custkey": 7}}, config)       # doctest: +SKIP
+    {'params': {...}, 'rows': [...], ...}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import operator
+import time
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypedDict
+
+import duckdb
+import pyarrow as pa
+from langchain_core.runnables import RunnableConfig
+
+from tpc_agentic_bench.programs import (
+    W1_RECENT,
+    W2_ANSWER,
+    W2_CRITIQUE,
+    W2_QUESTIONS,
+    W2_REVISE,
+    W3_CHAIR,
+    W3_JUDGES,
+    W3_LISTINGS,
+    W5_ORDERS,
+    W5_PROBLEM,
+    W5_RATE,
+    W5_REPLY,
+    W5_SCORE,
+    W5_URGENCY,
+    W6_EXPLAIN,
+    W6_REVIEW,
+    Ask,
+    Context,
+    ProgramOutcome,
+    Tally,
+    ask_reduce,
+    ask_step,
+    w1_steps,
+)
+from tpc_agentic_bench.workloads import _W6_TOOLS, LARGE_MODEL, SMALL_MODEL, Workload
+
+
+def _ctx(config: RunnableConfig) -> Context:
+    return config["configurable"]["ctx"]  # type: ignore[no-any-return]
+
+
+def _ask(config: RunnableConfig) -> Ask:
+    return _ctx(config).ask
+
+
+class QueryState(TypedDict, total=False):
+    """A query's state: its parameters in, its loaded rows, its result rows out."""
+
+    params: dict[str, Any]
+    items: list[dict[str, Any]]
+    done: Annotated[list[dict[str, Any]], operator.add]
+    """Rows finished by fanned-out branches (a reducer: branches append)."""
+    rows: list[dict[str, Any]]
+
+
+def _fan_out(node: str, after: str) -> Callable[[QueryState], Any]:
+    """Send every loaded item to `node` (one branch each); with none, go straight to `after`."""
+
+    def route(state: QueryState) -> Any:
+        from langgraph.types import Send
+
+        return [Send(node, item) for item in state.get("items", [])] or after
+
+    return route
+
+
+def _collect(key: str) -> Callable[[QueryState], Any]:
+    async def collect(state: QueryState) -> dict[str, Any]:
+        return {"rows": sorted(state.get("done", []), key=lambda row: row[key])}
+
+    return collect
+
+
+def _map_graph(load: Any, work: Any, key: str) -> Any:
+    """load -> Send(work) per item -> collect: the map/fan-in shape most workloads share."""
+    from langgraph.graph import END, START, StateGraph
+
+    graph = StateGraph(QueryState)
+    graph.add_node("load", load)
+    graph.add_node("work", work)
+    graph.add_node("collect", _collect(key))
+    graph.add_edge(START, "load")
+    graph.add_conditional_edges("load", _fan_out("work", "collect"), ["work", "collect"])
+    graph.add_edge("work", "collect")
+    graph.add_edge("collect", END)
+    return graph.compile()
+
+
+# -- W1 / W4: summarize -> extract -> recommend, one node each --------------------------------
+
+
+class ChainState(TypedDict, total=False):
+    params: dict[str, Any]
+    segment: str
+    comments: list[str]
+    summary: str | None
+    profile: dict[str, Any] | None
+    rows: list[dict[str, Any]]
+
+
+def _chain_graph(models: tuple[str, str, str]) -> Any:
+    from langgraph.graph import END, START, StateGraph
+
+    summarize, extract, recommend = w1_steps(models)
+
+    async def load(state: ChainState, config: RunnableConfig) -> dict[str, Any]:
+        recent = await _ctx(config).rows(W1_RECENT, state["params"]["custkey"])
+        if not recent:
+            return {"comments": [], "segment": None}
+        return {"segment": recent[0][0], "comments": [comment for _, comment in recent]}
+
+    async def summarize_node(state: ChainState, config: RunnableConfig) -> dict[str, Any]:
+        return {"summary": await ask_reduce(_ask(config), summarize, state["comments"])}
+
+    async def extract_node(state: ChainState, config: RunnableConfig) -> dict[str, Any]:
+        return {"profile": await ask_step(_ask(config), extract, {"summary": state["summary"]})}
+
+    async def recommend_node(state: ChainState, config: RunnableConfig) -> dict[str, Any]:
+        values = {"c_mktsegment": state["segment"], "profile": state["profile"],
+                  "summary": state["summary"]}
+        recommendation = await ask_step(_ask(config), recommend, values)
+        return {"rows": [{"c_custkey": state["params"]["custkey"], "summary": state["summary"],
+                          "profile": state["profile"], "recommendation": recommendation}]}
+
+    graph = StateGraph(ChainState)
+    graph.add_node("load", load)
+    graph.add_node("summarize", summarize_node)
+    graph.add_node("extract", extract_node)
+    graph.add_node("recommend", recommend_node)
+    graph.add_edge(START, "load")
+    graph.add_conditional_edges(
+        "load", lambda state: "summarize" if state["comments"] else END, ["summarize", END]
+    )
+    graph.add_edge("summarize", "extract")
+    graph.add_edge("extract", "recommend")
+    graph.add_edge("recommend", END)
+    return graph.compile()
+
+
+# -- W2: per order, answer -> critique -> revise as its own graph -------------------------------
+
+
+class OrderState(TypedDict, total=False):
+    o_orderkey: int
+    question: str
+    answer: str | None
+    critique: str | None
+    revised: str | None
+
+
+def _w2_order_graph() -> Any:
+    from langgraph.graph import END, START, StateGraph
+
+    async def answer(state: OrderState, config: RunnableConfig) -> dict[str, Any]:
+        return {"answer": await ask_step(_ask(config), W2_ANSWER, {"question": state["question"]})}
+
+    async def critique(state: OrderState, config: RunnableConfig) -> dict[str, Any]:
+        values = {"question": state["question"], "answer": state["answer"]}
+        return {"critique": await ask_step(_ask(config), W2_CRITIQUE, values)}
+
+    async def revise(state: OrderState, config: RunnableConfig) -> dict[str, Any]:
+        values = {"question": state["question"], "answer": state["answer"],
+                  "critique": state["critique"]}
+        return {"revised": await ask_step(_ask(config), W2_REVISE, values)}
+
+    graph = StateGraph(OrderState)
+    for name, node in (("answer", answer), ("critique", critique), ("revise", revise)):
+        graph.add_node(name, node)
+    graph.add_edge(START, "answer")
+    graph.add_edge("answer", "critique")
+    graph.add_edge("critique", "revise")
+    graph.add_edge("revise", END)
+    return graph.compile()
+
+
+def _w2_graph() -> Any:
+    order_graph = _w2_order_graph()
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        questions = await _ctx(config).rows(W2_QUESTIONS, state["params"]["custkey"])
+        return {"items": [{"o_orderkey": key, "question": q} for key, q in questions]}
+
+    async def order(item: OrderState, config: RunnableConfig) -> dict[str, Any]:
+        final = await order_graph.ainvoke(item, config)
+        return {"done": [{k: final.get(k) for k in
+                          ("o_orderkey", "answer", "critique", "revised")}]}
+
+    return _map_graph(load, order, "o_orderkey")
+
+
+# -- W3: per listing, three judges in parallel, fan-in to the chair ------------------------------
+
+
+class PanelState(TypedDict, total=False):
+    p_partkey: int
+    item: str
+    votes: Annotated[dict[str, str | None], operator.or_]
+    decision: str | None
+
+
+def _w3_panel_graph() -> Any:
+    from langgraph.graph import END, START, StateGraph
+
+    graph = StateGraph(PanelState)
+    for name, step in W3_JUDGES:
+
+        async def judge(state: PanelState, config: RunnableConfig, name: str = name,
+                        step: Any = step) -> dict[str, Any]:
+            label = await ask_step(_ask(config), step, {"item": state["item"]})
+            return {"votes": {name: None if label is None else f"{name}: {label}"}}
+
+        graph.add_node(f"judge_{name}", judge)
+        graph.add_edge(START, f"judge_{name}")
+        graph.add_edge(f"judge_{name}", "chair")
+
+    async def chair(state: PanelState, config: RunnableConfig) -> dict[str, Any]:
+        votes = [state["votes"].get(name) for name, _ in W3_JUDGES]
+        return {"decision": await ask_reduce(_ask(config), W3_CHAIR, votes)}
+
+    graph.add_node("chair", chair)
+    graph.add_edge("chair", END)
+    return graph.compile()
+
+
+def _w3_graph() -> Any:
+    panel = _w3_panel_graph()
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        params = state["params"]
+        listings = await _ctx(config).rows(W3_LISTINGS, params["brand"], params["size"])
+        return {"items": [{"p_partkey": key, "item": item, "votes": {}} for key, item in listings]}
+
+    async def listing(item: PanelState, config: RunnableConfig) -> dict[str, Any]:
+        final = await panel.ainvoke(item, config)
+        return {"done": [{"p_partkey": final["p_partkey"], "decision": final.get("decision")}]}
+
+    return _map_graph(load, listing, "p_partkey")
+
+
+# -- W5: the four dashboard shapes ---------------------------------------------------------------
+
+
+def _w5_args(params: Mapping[str, Any]) -> tuple[int, str, str]:
+    first_day = f"{params['month']}-01"
+    return params["nation"], first_day, first_day
+
+
+class TriageState(TypedDict, total=False):
+    o_orderkey: int
+    o_comment: str
+    problem: bool | None
+    urgency: str | None
+    reply: str | None
+
+
+def _w5_triage_graph() -> Any:
+    """Shape 2 per order: the filter, then (only for orders it keeps) urgency and reply in
+    parallel."""
+    from langgraph.graph import END, START, StateGraph
+
+    async def problem(state: TriageState, config: RunnableConfig) -> dict[str, Any]:
+        return {"problem": await ask_step(_ask(config), W5_PROBLEM,
+                                          {"o_comment": state["o_comment"]})}
+
+    async def urgency(state: TriageState, config: RunnableConfig) -> dict[str, Any]:
+        return {"urgency": await ask_step(_ask(config), W5_URGENCY,
+                                          {"o_comment": state["o_comment"]})}
+
+    async def reply(state: TriageState, config: RunnableConfig) -> dict[str, Any]:
+        return {"reply": await ask_step(_ask(config), W5_REPLY, {"o_comment": state["o_comment"]})}
+
+    graph = StateGraph(TriageState)
+    graph.add_node("problem", problem)
+    graph.add_node("urgency", urgency)
+    graph.add_node("reply", reply)
+    graph.add_edge(START, "problem")
+    graph.add_conditional_edges(
+        "problem", lambda state: ["urgency", "reply"] if state.get("problem") else END,
+        ["urgency", "reply", END],
+    )
+    graph.add_edge("urgency", END)
+    graph.add_edge("reply", END)
+    return graph.compile()
+
+
+def _w5_graph() -> Any:
+    from langgraph.graph import END, START, StateGraph
+
+    triage_graph = _w5_triage_graph()
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        params = state["params"]
+        ctx = _ctx(config)
+        shape = params["shape"]
+        if shape == 0:
+            rows = await ctx.rows(f"SELECT o_orderkey, o_totalprice, o_comment {W5_ORDERS} "
+                                  "ORDER BY o_totalprice DESC, o_orderkey", *_w5_args(params))
+            return {"items": [{"rank": i, "o_orderkey": k, "o_totalprice": p, "o_comment": c}
+                              for i, (k, p, c) in enumerate(rows)]}
+        if shape == 1:
+            rows = await ctx.rows("SELECT s_suppkey, s_name, s_comment FROM supplier "
+                                  "WHERE s_nationkey = ? ORDER BY s_suppkey", params["nation"])
+            return {"items": [{"s_suppkey": k, "s_name": n, "s_comment": c} for k, n, c in rows]}
+        rows = await ctx.rows(f"SELECT o_orderkey, o_orderpriority, o_comment {W5_ORDERS} "
+                              "ORDER BY o_orderkey", *_w5_args(params))
+        return {"items": [{"o_orderkey": k, "o_orderpriority": p, "o_comment": c}
+                          for k, p, c in rows]}
+
+    async def check(item: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:  # shape 0
+        ok = await ask_step(_ask(config), W5_PROBLEM, {"o_comment": item["o_comment"]})
+        return {"done": [item] if ok else []}
+
+    async def top(state: QueryState) -> dict[str, Any]:
+        kept = sorted(state.get("done", []), key=lambda row: row["rank"])[:3]
+        return {"rows": [{"o_orderkey": r["o_orderkey"], "o_totalprice": r["o_totalprice"]}
+                         for r in kept]}
+
+    async def rate(item: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:  # shape 1
+        rating = await ask_step(_ask(config), W5_RATE, {"s_comment": item["s_comment"]})
+        return {"done": [{"s_suppkey": item["s_suppkey"], "s_name": item["s_name"],
+                          "rating": rating}]}
+
+    async def triage(item: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:  # shape 2
+        final = await triage_graph.ainvoke(
+            {"o_orderkey": item["o_orderkey"], "o_comment": item["o_comment"]}, config)
+        if not final.get("problem"):
+            return {"done": []}
+        return {"done": [{"o_orderkey": final["o_orderkey"], "urgency": final.get("urgency"),
+                          "reply": final.get("reply")}]}
+
+    async def score(item: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:  # shape 3
+        label = await ask_step(_ask(config), W5_SCORE, {"o_comment": item["o_comment"]})
+        return {"done": [{"o_orderpriority": item["o_orderpriority"],
+                          "score": None if label is None else int(label)}]}
+
+    async def group(state: QueryState) -> dict[str, Any]:
+        groups: dict[str, list[int | None]] = {}
+        for row in state.get("done", []):
+            groups.setdefault(row["o_orderpriority"], []).append(row["score"])
+        out = []
+        for priority in sorted(groups):
+            known = [s for s in groups[priority] if s is not None]
+            out.append({"o_orderpriority": priority, "orders": len(groups[priority]),
+                        "satisfaction": sum(known) / len(known) if known else None})
+        return {"rows": out}
+
+    fan_in = {0: "top", 1: "collect_suppliers", 2: "collect_orders", 3: "group"}
+    branch = {0: "check", 1: "rate", 2: "triage", 3: "score"}
+
+    def route(state: QueryState) -> Any:
+        from langgraph.types import Send
+
+        shape = state["params"]["shape"]
+        return [Send(branch[shape], item) for item in state.get("items", [])] or fan_in[shape]
+
+    graph = StateGraph(QueryState)
+    graph.add_node("load", load)
+    for name, node in (("check", check), ("rate", rate), ("triage", triage), ("score", score),
+                       ("top", top), ("group", group),
+                       ("collect_suppliers", _collect("s_suppkey")),
+                       ("collect_orders", _collect("o_orderkey"))):
+        graph.add_node(name, node)
+    graph.add_edge(START, "load")
+    graph.add_conditional_edges("load", route, [*branch.values(), *fan_in.values()])
+    for shape, name in branch.items():
+        graph.add_edge(name, fan_in[shape])
+    for name in fan_in.values():
+        graph.add_edge(name, END)
+    return graph.compile()
+
+
+# -- W6: six SQL tools, fan-out of explanations, fan-in to the review ---------------------------
+
+
+def _w6_graph() -> Any:
+    from langgraph.graph import END, START, StateGraph
+
+    async def tools(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        ctx = _ctx(config)
+        custkey = state["params"]["custkey"]
+        results = await asyncio.gather(
+            *(ctx.rows(sql.replace("{c}", "?"), custkey) for _, sql in _W6_TOOLS))
+        return {"items": [{"tool": name, "result": rows[0][0] if rows else None}
+                          for (name, _), rows in zip(_W6_TOOLS, results, strict=True)]}
+
+    async def explain(item: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        finding = await ask_step(_ask(config), W6_EXPLAIN, item)
+        return {"done": [{"finding": finding}]}
+
+    async def review(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        findings = [row["finding"] for row in state.get("done", [])]
+        return {"rows": [{"c_custkey": state["params"]["custkey"],
+                          "review": await ask_reduce(_ask(config), W6_REVIEW, findings)}]}
+
+    graph = StateGraph(QueryState)
+    graph.add_node("tools", tools)
+    graph.add_node("explain", explain)
+    graph.add_node("review", review)
+    graph.add_edge(START, "tools")
+    graph.add_conditional_edges("tools", _fan_out("explain", "review"), ["explain", "review"])
+    graph.add_edge("explain", "review")
+    graph.add_edge("review", END)
+    return graph.compile()
+
+
+GRAPHS: dict[str, Callable[[], Any]] = {
+    "W1": lambda: _chain_graph(("default", "default", "default")),
+    "W2": _w2_graph,
+    "W3": _w3_graph,
+    "W4": lambda: _chain_graph((SMALL_MODEL, SMALL_MODEL, LARGE_MODEL)),
+    "W5": _w5_graph,
+    "W6": _w6_graph,
+}
+"""The LangGraph version of each workload that has one, by key (compiled on first use)."""
+
+
+@functools.cache
+def workload_graph(key: str) -> Any:
+    """The compiled graph of workload `key`; ValueError when it has none."""
+    try:
+        build = GRAPHS[key]
+    except KeyError:
+        raise ValueError(f"workload {key} has no LangGraph version") from None
+    return build()
+
+
+async def run_graph_batch(
+    workload: Workload,
+    ask: Ask,
+    database: duckdb.DuckDBPyConnection,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> list[ProgramOutcome]:
+    """Every query of the batch as one graph invocation, all in flight at once."""
+    if len(workload.params) != len(workload.queries):
+        raise ValueError(f"workload {workload.key} has no parameters for its graph")
+    graph = workload_graph(workload.key)
+    done = 0
+
+    async def one(params: Mapping[str, Any]) -> ProgramOutcome:
+        nonlocal done
+        tally = Tally(ask)
+        config: RunnableConfig = {
+            "configurable": {"ctx": Context(tally, database)}, "recursion_limit": 50
+        }
+        began = time.perf_counter()
+        try:
+            final = await graph.ainvoke({"params": dict(params)}, config)
+            table, error = pa.Table.from_pylist(final.get("rows", [])), None
+        except Exception as exc:  # a failing query is a finding to report, not a crash
+            table, error = None, f"{type(exc).__name__}: {exc}"
+        stats = tally.stats()
+        stats["seconds"] = time.perf_counter() - began
+        done += 1
+        if progress is not None:
+            progress(done)
+        return ProgramOutcome(table, stats, error)
+
+    return list(await asyncio.gather(*(one(p) for p in workload.params)))
