@@ -94,7 +94,14 @@ def backend_counters(backend: Backend) -> dict[str, int] | None:
     """Cumulative engine steps and running-sequence sums of a halo backend whose driver counts
     them (`engine_counters()`), else None."""
     read = getattr(getattr(backend, "inner", backend), "engine_counters", None)
-    return dict(read()) if callable(read) else None
+    return as_counts(read()) if callable(read) else None
+
+
+def as_counts(counters: Any) -> dict[str, int]:
+    """Engine counters as a plain dict (halo's drivers return an EngineCounters)."""
+    if isinstance(counters, dict):
+        return dict(counters)
+    return {"steps": int(counters.steps), "running_sum": int(counters.running_sum)}
 
 
 class CoalescingClient:
@@ -266,7 +273,7 @@ class AsyncLLMClient:
         return Answer(stats.text, stats.prompt_tokens, stats.cached_prompt_tokens, stats.output_tokens)
 
     def counters(self) -> dict[str, int] | None:
-        return None if self._counters is None else self._counters()
+        return None if self._counters is None else as_counts(self._counters())
 
 
 # -- OpenAI-compatible servers -------------------------------------------------------------------

@@ -9,8 +9,8 @@ server) run these definitions; `bound.py` runs them once with a request memo to 
 requests a workload logically needs.
 
 Prompts are the workload's templates with each value substituted in place (values as DuckDB
-renders them as VARCHAR), with the same task line halo puts before a constrained call
-(yes/no, labels, JSON schema) and the same "Answer:" cue, so that where halo neither shares nor
+renders them as VARCHAR), nothing added: a constrained step (yes/no, labels, JSON schema) gets its
+constraint from the engine's structured outputs, as halo's do. So where halo neither shares nor
 skips work the two systems send token-identical requests and their answers can be compared.
 An LLM_AGG step sends the reduce prompt halo builds (`halo_sql.executor.llm_eval._items_prompt`,
 items sorted as halo sorts them), in one request: the groups here are small.
@@ -18,7 +18,7 @@ items sorted as halo sorts them), in one request: the groups here are small.
     >>> render("Question: {question} Answer: {answer}", {"question": "Late?", "answer": "No."})
     'Question: Late? Answer: No.'
     >>> Step("Is it late? {note}", OutputSpec.boolean()).prompt({"note": "It came a week late."})
-    'Answer the question with yes or no.\\n\\nIs it late? It came a week late.\\nAnswer:'
+    'Is it late? It came a week late.'
 
 Every program is written against one small interface, `Ask`: `await ask(model, prompt, output,
 max_tokens)` returns the answer text and its token counts. `clients.py` adapts it to vLLM's
@@ -122,18 +122,6 @@ def render(template: str, values: Mapping[str, str]) -> str:
     return _SLOT.sub(lambda m: values[m.group(1)], template)
 
 
-def task_line(output: OutputSpec) -> str:
-    """What a constrained call says before the template: the text halo's LLMCall.header() uses,
-    so that the requests of both systems are the same."""
-    if output.kind is OutputKind.BOOLEAN:
-        return "Answer the question with yes or no.\n\n"
-    if output.kind is OutputKind.CHOICE:
-        return "Answer with exactly one of: " + ", ".join(output.labels) + ".\n\n"
-    if output.kind is OutputKind.JSON:
-        return f"Answer with JSON that matches this schema: {output.json_schema}\n\n"
-    return ""
-
-
 def parse(output: OutputSpec, text: str) -> Any:
     """The value of an answer, or None when it breaks the output type (as halo reads it)."""
     answer = text.strip()
@@ -193,7 +181,7 @@ class Step:
     model: str = "default"
 
     def prompt(self, values: Mapping[str, str]) -> str:
-        return f"{task_line(self.output)}{render(self.template, values)}\nAnswer:"
+        return render(self.template, values)
 
 
 async def ask_step(ask: Ask, step: Step, values: Mapping[str, Any]) -> Any:
