@@ -24,7 +24,6 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError as SqlglotParseError
 
-from halo_sql.agents.binder import AGENT_NAMES
 from halo_sql.agents.catalog import AgentCatalog
 from halo_sql.errors import (
     BinderError,
@@ -40,6 +39,7 @@ from halo_sql.executor.engine import ExecutionContext, SubplanCache, execute
 from halo_sql.executor.runtime import BatchSizer, LLMRuntime, ResponseMemo, StatementStats
 from halo_sql.llm.base import Backend
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
+from halo_sql.logical.agent_calls import AGENT_NAMES
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
 from halo_sql.logical.functions import LLM_FUNCTION_NAMES
 from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain_consolidated

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from halo_sql.errors import BinderError
-from halo_sql.logical.llm_call import schema_to_arrow, sql_type_for
+from halo_sql.sqltypes import schema_to_arrow, sql_type_for
 
 RESERVED_COLUMNS = ("steps", "tool_calls", "error")
 """Columns every agent output row has after its answer columns."""
