@@ -11,7 +11,12 @@ rows that reach them (see `halo_sql.logical.plan`):
 4. CTEs, derived tables and set-operation branches that contain LLM calls become named inputs
    (planned recursively); a SELECT block with LLM calls becomes
    `source (FROM + relational WHERE) -> LLM predicates -> LIMIT -> LLM maps -> residual SQL`.
-5. Calls the block planner does not lift (aggregate LLM functions, calls in correlated subqueries,
+   A call under CASE/IF/COALESCE/OR is guarded: its slots are NULL (no request) on the rows
+   where its answer cannot change the result (`_guard`).
+5. Every query keeps only the CTEs it reads, and reads a named input whose plan is a row-local
+   SELECT over another input through that input (`_read_through_row_local_inputs`): CTE chains
+   are single chains of operators, and no CTE nothing reads is planned.
+6. Calls the block planner does not lift (aggregate LLM functions, calls in correlated subqueries,
    HAVING, outer-join conditions, ...) run inside DuckDB as vectorized UDFs: still one batch per
    vector, still correct, just not reordered by the planner.
 """
