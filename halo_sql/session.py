@@ -25,7 +25,6 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError as SqlglotParseError
 
-from halo_sql.agents.binder import AGENT_NAMES
 from halo_sql.agents.catalog import AgentCatalog
 from halo_sql.errors import (
     BinderError,
@@ -46,6 +45,7 @@ from halo_sql.llm import aio
 from halo_sql.llm.base import Backend
 from halo_sql.llm.model_options import check_model_options
 from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
+from halo_sql.logical.agent_calls import AGENT_NAMES
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
 from halo_sql.logical.functions import LLM_FUNCTION_NAMES, is_template_argument, literal_template
 from halo_sql.logical.instantiate import instantiate

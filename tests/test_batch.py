@@ -61,7 +61,7 @@ def test_batch_sends_fewer_backend_calls_and_shares_identical_requests(con: halo
 def test_identical_sub_plans_across_queries_run_once(con: halo_sql.Connection) -> None:
     shared_cte = (
         "WITH tagged AS (SELECT id, customer, LLM_FILTER('Is this about money? {text}') AS money "
-        "FROM notes) SELECT count(*) FILTER (WHERE money) AS n FROM tagged WHERE customer = ?"
+        "FROM notes) SELECT count(*) FILTER (WHERE money AND customer = ?) AS n FROM tagged"
     )
     batch = con.execute_batch(shared_cte, [[c] for c in range(6)])
     stats = batch.stats()

@@ -121,3 +121,19 @@ def test_cte_chains_of_the_benchmark_are_single_chains(tpch: Connection, key: st
     priced = plan.optimizer.total.requests
     tpch.sql(workload.queries[0])
     assert priced == pytest.approx(tpch.stats()["llm_requests"], rel=0.5 if key == "W1" else 0)
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+
+def test_a_batch_over_a_shared_llm_cte_asks_only_what_its_queries_read(orders: Connection) -> None:
+    """Each query's filter reaches its own copy of the CTE; identical requests of different
+    queries are still sent once, so the batch asks about the union of the rows they read."""
+    panel = SUMMARIES + "SELECT k, summary FROM s WHERE cust = ? ORDER BY k"
+    params = [[c] for c in (0, 1, 2, 0)]
+    batch = orders.execute_batch(panel, params)
+    assert not batch.errors
+    assert batch.stats()["llm_requests"] == 30  # three customers' 10 orders, not 1,000
+    assert [t.to_pylist() for t in batch.tables] == [
+        orders.sql(panel, p).to_pylist() for p in params
+    ]

@@ -72,6 +72,15 @@ def test_the_memo_keeps_one_expression_per_fingerprint() -> None:
     assert memo.insert(lp.Project(GroupRef(0), ("a",)), group=2) is memo.group(1).exprs[0]
 
 
+def test_a_rewrite_over_its_own_group_is_not_a_new_expression() -> None:
+    """An identity projection of a group, inserted into that group, would be a cycle."""
+    memo = Memo()
+    source = lp.DuckDBQuery("SELECT 1 AS a")
+    root = memo.insert(lp.Limit(source, 3))
+    again = memo.insert(lp.Project(GroupRef(root.group), ("a",)), group=root.group)
+    assert again is root and memo.expression_count == 2
+
+
 def test_rules_fire_once_per_expression_and_are_recorded() -> None:
     from halo_sql.optimizer.cost import CostModel
     from halo_sql.optimizer.functions import HELPERS
@@ -521,9 +530,28 @@ def test_disable_rules_is_kept_by_the_session_until_reset(con: halo_sql.Connecti
     assert con.session.last_stats.llm_requests == 0
 
 
-def test_a_batch_keeps_sub_plans_shareable() -> None:
-    settings = for_batch(OptimizerSettings(disabled=frozenset({"merge_limits"})))
-    assert settings.disabled >= BATCH_DISABLED and "merge_limits" in settings.disabled
+@pytest.mark.parametrize(("temperature", "narrowed"), [(0.0, True), (0.7, False)])
+def test_a_batch_narrows_a_cte_only_where_answers_are_shared_across_queries(
+    con: halo_sql.Connection, temperature: float, narrowed: bool
+) -> None:
+    """Deterministic requests are sent once for the whole batch, so a query's own narrowed copy
+    of a CTE never costs more model work than a shared copy; sampled answers are not shared,
+    so those queries keep the CTE equal across the batch and run it once."""
+    from halo_sql.optimizer.session_context import SessionContext
+
+    sql = (
+        f"WITH t AS (SELECT id, stars, LLM('Summarize {{text}}', temperature => {temperature}) AS s "
+        "FROM reviews) SELECT id, s FROM t WHERE stars = 2"
+    )
+    session = con.session
+    session.optimizer_settings = OptimizerSettings(disabled=frozenset(rule_names()), sample_rows=0)
+    raw = session.plan(sql)
+    settings = for_batch(OptimizerSettings(disabled=frozenset({"merge_limits"}), sample_rows=0))
+    assert settings.batch and settings.disabled == {"merge_limits"}
+    plan = optimize(raw, SessionContext(session, None, sample_rows=0), settings)
+    assert ("push_filter_into_input" in plan.optimizer.rules) is narrowed
+    if not narrowed:
+        assert not BATCH_DISABLED & set(plan.optimizer.search.fired)
 
 
 def test_a_failing_optimizer_falls_back_to_the_planners_plan(

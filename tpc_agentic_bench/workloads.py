@@ -389,6 +389,96 @@ FROM findings""")
     )
 
 
+# -- W7 dashboard over a shared LLM CTE ----------------------------------------------------------
+
+_W7_ROLE = "You summarize order notes for the account dashboard of a wholesale parts supplier. "
+_W7_FROM, _W7_TO = "1995-03-01", "1995-03-16"
+"""The dashboard's window: the first half of March 1995 (~950 orders at SF 0.1)."""
+
+
+def _w7_summaries() -> str:
+    summarize = sql_string(_W7_ROLE + "Summarize the order note in one short sentence. Note: {o_comment}")
+    return f"""WITH notes AS (
+    SELECT o_orderkey, o_custkey, o_orderpriority, o_totalprice, o_orderdate, o_comment,
+           LLM({summarize}, max_tokens => 16) AS summary
+    FROM orders WHERE o_orderdate >= DATE '{_W7_FROM}' AND o_orderdate < DATE '{_W7_TO}'
+)
+"""
+
+
+def w7_dashboard(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
+    window = f"o_orderdate >= DATE '{_W7_FROM}' AND o_orderdate < DATE '{_W7_TO}'"
+    customers = [int(r[0]) for r in _sample(
+        con,
+        f"SELECT o_custkey FROM orders WHERE {window} GROUP BY o_custkey "
+        "ORDER BY (o_custkey * 7919 + 7) % 10007, o_custkey",
+        n,
+    )]
+    priorities = ["1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW"]
+    problem = sql_string(_W7_ROLE + "Does this order note report a delay or a problem? Note: {o_comment}")
+    tone = sql_string(_W7_ROLE + "What is the tone of this summary? Summary: {summary}")
+    queries = []
+    for i in range(n):
+        shape, customer, priority = i % 4, customers[i], priorities[(i // 4) % len(priorities)]
+        if shape == 0:  # a customer's orders with their summaries
+            panel = f"""SELECT o_orderkey, o_orderdate, summary FROM notes
+WHERE o_custkey = {customer} ORDER BY o_orderkey"""
+        elif shape == 1:  # the largest orders of one priority
+            panel = f"""SELECT o_orderkey, o_totalprice, summary FROM notes
+WHERE o_orderpriority = {sql_string(priority)}
+ORDER BY o_totalprice DESC, o_orderkey LIMIT 3"""
+        elif shape == 2:  # a customer's orders whose note reports a problem
+            panel = f"""SELECT o_orderkey, summary FROM notes
+WHERE o_custkey = {customer} AND LLM_FILTER({problem})
+ORDER BY o_orderkey"""
+        else:  # the tone of the latest summaries
+            panel = f"""SELECT o_orderkey,
+       LLM_CLASSIFY({tone}, ['calm', 'concerned', 'upset']) AS tone
+FROM notes ORDER BY o_orderdate DESC, o_orderkey LIMIT 2"""
+        queries.append(_w7_summaries() + panel)
+    return Workload(
+        "W7",
+        "dashboard",
+        "panels over one shared LLM CTE (summaries of a half month's orders) with selective "
+        "filters and LIMITs: a customer's orders, the top orders of a priority, a customer's "
+        "problem orders (LLM filter), the tone of the latest summaries",
+        tuple(queries),
+        shapes=min(4, n),
+    )
+
+
+# -- W8 semantic join ----------------------------------------------------------------------------
+
+_W8_ROLE = "You review order notes of a wholesale parts supplier. "
+
+
+def w8_semantic_join(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
+    match = sql_string(
+        _W8_ROLE + "Could the order note \"{n.o_comment}\" be about parts made of {m.material}?"
+    )
+    urgency = sql_string(_W8_ROLE + "How urgent is this order note? Note: {n.o_comment}")
+    queries = tuple(
+        f"""WITH notes AS (
+    SELECT o_orderkey, o_comment FROM orders WHERE o_custkey = {customer}
+), materials AS (
+    SELECT DISTINCT split_part(p_type, ' ', 3) AS material FROM part
+)
+SELECT n.o_orderkey, m.material
+FROM notes AS n, materials AS m
+WHERE LLM_FILTER({match})
+  AND LLM_CLASSIFY({urgency}, ['low', 'medium', 'high', 'critical']) = 'critical'
+ORDER BY n.o_orderkey, m.material"""
+        for customer in _customers(con, n, salt=8)
+    )
+    return Workload(
+        "W8",
+        "semantic join",
+        "per customer: order notes joined with part materials by an LLM predicate over the "
+        "pairs, plus a per-note urgency classification (written after the join predicate)",
+        queries,
+    )
+
+
 # -- agent workflows (issue 7): W2, W3, W5 and W6 as AGENT table functions with SQL tools ---------
 #
 # Agents and tools are session state: each workload's `setup_sql` defines them (CREATE OR
@@ -605,8 +695,11 @@ WORKLOADS: dict[str, Callable[[duckdb.DuckDBPyConnection, int], Workload]] = {
     "W4": w4_multi_model,
     "W5": w5_analytics,
     "W6": w6_fan_out,
+    "W7": w7_dashboard,
+    "W8": w8_semantic_join,
 }
-"""The six workloads of issue 6 by key, in report order: the default run."""
+"""The workloads by key, in report order: the default run (W1..W6 of issue 6, W7 and W8 where
+plans matter, issue 12)."""
 
 AGENT_WORKLOADS: dict[str, Callable[[duckdb.DuckDBPyConnection, int], Workload]] = {
     "W2A": w2a_reflection_agents,

@@ -8,9 +8,10 @@
     FROM AGENT('analyst', input => (SELECT c_custkey, c_comment FROM customer LIMIT 10));
 
 Modules: `spec` (plain data: tool and agent definitions, answer shapes), `safety` (the read-only
-check of SQL tools), `catalog` (CREATE/DROP/SHOW and persistence), `binder` (AGENT(...),
-LATERAL AGENT(...) and AGENT_CALL(...) into plan nodes), `tools` (tool executors and the shared
-tool-call cache), `loop` (the agent loop: one batched model call per step for every running row).
+check of SQL tools), `catalog` (CREATE/DROP/SHOW and persistence), `tools` (tool executors and
+the shared tool-call cache), `loop` (the agent loop: one batched model call per step for every
+running row). Binding AGENT(...), LATERAL AGENT(...) and AGENT_CALL(...) into plan nodes is the
+planner's (`halo_sql.logical.agent_calls`): `spec` is below the planner, the rest above it.
 This module stays light: importing it imports no executor code.
 """
 

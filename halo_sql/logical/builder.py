@@ -11,7 +11,12 @@ rows that reach them (see `halo_sql.logical.plan`):
 4. CTEs, derived tables and set-operation branches that contain LLM calls become named inputs
    (planned recursively); a SELECT block with LLM calls becomes
    `source (FROM + relational WHERE) -> LLM predicates -> LIMIT -> LLM maps -> residual SQL`.
-5. Calls the block planner does not lift (aggregate LLM functions, calls in correlated subqueries,
+   A call under CASE/IF/COALESCE/OR is guarded: its slots are NULL (no request) on the rows
+   where its answer cannot change the result (`_guard`).
+5. Every query keeps only the CTEs it reads, and reads a named input whose plan is a row-local
+   SELECT over another input through that input (`_read_through_row_local_inputs`): CTE chains
+   are single chains of operators, and no CTE nothing reads is planned.
+6. Calls the block planner does not lift (aggregate LLM functions, calls in correlated subqueries,
    HAVING, outer-join conditions, ...) run inside DuckDB as vectorized UDFs: still one batch per
    vector, still correct, just not reordered by the planner.
 """
@@ -19,9 +24,8 @@ rows that reach them (see `halo_sql.logical.plan`):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -29,9 +33,10 @@ from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
-from halo_sql.agents.binder import has_agent_calls, lift_agent_calls
 from halo_sql.errors import BinderError
 from halo_sql.llm.base import OutputKind
+from halo_sql.logical.agent_calls import has_agent_calls, lift_agent_calls
+from halo_sql.logical.catalog import BindCatalog
 from halo_sql.logical.functions import (
     CallSite,
     check_condition_use,
@@ -40,7 +45,7 @@ from halo_sql.logical.functions import (
     read_call_site,
     struct_items,
 )
-from halo_sql.logical.llm_call import LLMFunction, sql_type_for
+from halo_sql.logical.llm_call import LLMFunction
 from halo_sql.logical.plan import (
     DuckDBQuery,
     Limit,
@@ -59,28 +64,11 @@ from halo_sql.logical.sqlexpr import (
     drop_unused_ctes,
     row_local_select,
 )
+from halo_sql.sqltypes import sql_type_for
 
 DIALECT = "duckdb"
 ROW_ALIAS = "__halo_r"
 _CALL_TAG = "halo_call"
-
-
-@dataclass
-class BindCatalog:
-    """What the builder needs to know about the database (provided by the session)."""
-
-    table_columns: Callable[[exp.Table], dict[str, str] | None]
-    """Column name -> type of a table or view, or None if it is not a plain catalog table."""
-    check_sql: Callable[[str], None]
-    """Bind `sql` in DuckDB without running it; raises a HaloError naming the problem."""
-    resolve_model: Callable[[str], str]
-    """Canonical name of a model, or raise BinderError if there is no such model."""
-    default_model: str | None = None
-    output_names: Callable[[str], list[str]] | None = None
-    """Result column names of a query as DuckDB names them (binds it without running it).
-    Qualification normalizes identifiers; these names keep what the user sees DuckDB's."""
-    agents: Any = None
-    """The session's agents and tools (halo_sql.agents.catalog.AgentCatalog), for AGENT(...)."""
 
 
 @dataclass(frozen=True)
@@ -120,10 +108,25 @@ class PlanBuilder:
         """Column name of each distinct lifted call (call and slot SQL), across blocks."""
         self.qualified = False
 
+    # -- the planning scope of agent calls (halo_sql.logical.agent_calls.PlanningScope) -------
+    def new_name(self, prefix: str) -> str:
+        return self.names.next(prefix)
+
+    def add_input(self, name: str, plan: PlanNode) -> None:
+        self.inputs[name] = NamedInput(name, plan)
+
+    def plan_input(self, query: exp.Expr, inputs: list[str]) -> PlanNode:
+        sub = PlanBuilder(self.catalog, self.options)
+        sub.names = self.names  # one counter: input names are unique in the statement
+        sub.inputs.update({name: self.inputs[name] for name in inputs})
+        plan = sub.build(query, query.sql(DIALECT))
+        self.notes.extend(n for n in plan.notes if n not in self.notes)
+        return plan.root
+
     # -- entry point -------------------------------------------------------------------------
     def build(self, statement: exp.Expr, sql: str) -> StatementPlan:
         if has_agent_calls(statement):
-            # Agent calls become named inputs first (halo_sql.agents.binder); the rest of the
+            # Agent calls become named inputs first (halo_sql.logical.agent_calls); the rest of the
             # statement is then planned as usual, reading their outputs as tables.
             statement = lift_agent_calls(statement, self)
         if not contains_llm_call(statement):

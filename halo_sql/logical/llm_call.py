@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from halo_sql.llm.base import DecodingParams, LLMRequest, OutputKind, OutputSpec
 from halo_sql.parser.template import PromptTemplate
+from halo_sql.sqltypes import schema_to_arrow
 
 MAX_TOKENS = 1 << 20
 """Largest max_tokens an option may ask for (a million tokens: beyond any model's context)."""
@@ -166,56 +167,6 @@ def arrow_type_for(output: OutputSpec) -> pa.DataType:
     if output.kind is OutputKind.JSON:
         return schema_to_arrow(output.schema or {})
     return pa.string()
-
-
-def schema_to_arrow(schema: dict[str, Any]) -> pa.DataType:
-    """The Arrow (and so DuckDB) type of values valid under a JSON schema.
-
-    >>> schema_to_arrow({"type": "object", "properties": {"age": {"type": "integer"}}})
-    StructType(struct<age: int64>)
-    """
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kinds = [k for k in kind if k != "null"]
-        kind = kinds[0] if len(kinds) == 1 else None
-    if "enum" in schema and kind is None:
-        kind = "string"
-    if kind == "object":
-        props = schema.get("properties") or {}
-        if not props:
-            return pa.string()
-        return pa.struct([pa.field(name, schema_to_arrow(sub)) for name, sub in props.items()])
-    if kind == "array":
-        # DuckDB names a list's child field "l": results then look the same whichever runs it.
-        return pa.list_(pa.field("l", schema_to_arrow(schema.get("items") or {"type": "string"})))
-    return {
-        "string": pa.string(),
-        "integer": pa.int64(),
-        "number": pa.float64(),
-        "boolean": pa.bool_(),
-    }.get(kind or "", pa.string())
-
-
-def sql_type_for(arrow_type: pa.DataType) -> str:
-    """DuckDB SQL spelling of an LLM function's result type.
-
-    >>> sql_type_for(pa.struct([pa.field("urgent", pa.bool_())]))
-    'STRUCT("urgent" BOOLEAN)'
-    """
-    if pa.types.is_boolean(arrow_type):
-        return "BOOLEAN"
-    if pa.types.is_int64(arrow_type):
-        return "BIGINT"
-    if pa.types.is_floating(arrow_type):
-        return "DOUBLE"
-    if pa.types.is_struct(arrow_type):
-        fields = ", ".join(
-            '"' + f.name.replace('"', '""') + '" ' + sql_type_for(f.type) for f in arrow_type
-        )
-        return f"STRUCT({fields})"
-    if pa.types.is_list(arrow_type):
-        return sql_type_for(arrow_type.value_type) + "[]"
-    return "VARCHAR"
 
 
 def to_arrow_value(value: Any, arrow_type: pa.DataType) -> Any:

@@ -48,6 +48,8 @@ class OptimizerSettings:
     sample_rows: int | None = None
     """Rows asked of the model to estimate an LLM predicate's selectivity (None: the context's)."""
     task_budget: int = DEFAULT_TASK_BUDGET
+    batch: bool = False
+    """Planning one query of a batch (`for_batch`)."""
 
     def check(self) -> None:
         known = set(rule_names())
@@ -85,13 +87,30 @@ BATCH_DISABLED = frozenset(
     {"push_filter_into_input", "push_limit_into_input", "prune_input_columns", "push_llm_filter_into_input"}
 )
 """Rules that specialise a named input to one query. In a batch, equal sub-plans of different
-queries run once (the executor's SubplanCache); these rules would make them differ, so a batch
-plans without them (choosing between sharing and pushdown by cost is not implemented)."""
+queries run once (the executor's SubplanCache) and identical requests of different queries are
+sent once (the batching runtime). When every LLM call of a query is deterministic (temperature
+0), a query's own, narrowed copy of a CTE never asks the model more than the shared copy: the
+requests of all the narrowed copies are a subset of the shared copy's, each sent once. Then these
+rules stay on. Otherwise (sampled answers, agents with tools) they are off and the sub-plans stay
+equal, so the queries share one run."""
 
 
 def for_batch(settings: OptimizerSettings) -> OptimizerSettings:
     """The settings for planning one query of a batch (see BATCH_DISABLED)."""
-    return replace(settings, disabled=settings.disabled | BATCH_DISABLED)
+    return replace(settings, batch=True)
+
+
+def _shared_answers(root: lp.PlanNode) -> bool:
+    """Every model request of the plan is deterministic, so a batch sends each once."""
+    for node in root.walk():
+        if isinstance(node, lp.AgentCall):
+            return False
+        calls = [node.call] if isinstance(node, lp.LLMFilter | lp.LLMMap) else []
+        if isinstance(node, lp.DuckDBQuery):
+            calls += [udf.call for udf in node.udfs]
+        if any(call.params.temperature != 0 for call in calls):
+            return False
+    return True
 
 
 def rule_names() -> tuple[str, ...]:
@@ -119,6 +138,8 @@ def optimize(
     """
     settings = settings or OptimizerSettings()
     settings.check()
+    if settings.batch and not _shared_answers(plan.root):
+        settings = replace(settings, disabled=settings.disabled | BATCH_DISABLED)
     began = time.perf_counter()
     base: OptimizerContext = context or NullContext()
     if settings.sample_rows is not None:

@@ -182,12 +182,56 @@ def limit_inputs(ctx: RuleContext, query: lp.DuckDBQuery) -> lp.DuckDBQuery | No
         use = uses.get(named.name)
         if use is None or use.limit is None:
             return None
+        if use.order:
+            return _top_n_below(ctx, named.plan, use.limit, use.order, use.order_where)
         for node in _group_nodes(ctx, named.plan):
             if isinstance(node, lp.Limit) and node.count <= use.limit:
                 return None
         return lp.Limit(named.plan, use.limit)
 
     return _rewrite_inputs(query, change)
+
+
+def _top_n_below(
+    ctx: RuleContext, ref: lp.PlanNode, count: int, order: tuple[str, ...],
+    where: tuple[str, ...] = (),
+) -> lp.PlanNode | None:
+    """The input's plan answering only its first `count` rows in `order` (among those meeting
+    `where`): for a chain of LLM maps and projections (one output row per input row) over a
+    relational source that has the columns, the top-N runs in the source's SQL, before any
+    model work."""
+    search = ctx.search
+    if search is None or not isinstance(ref, GroupRef):
+        return None
+    plan = search.memo.first_plan(ref.group)
+    chain: list[lp.PlanNode] = []
+    node = plan
+    while isinstance(node, lp.Project | lp.LLMMap):
+        chain.append(node)
+        node = node.child
+    if not isinstance(node, lp.DuckDBQuery) or node.inputs or node.udfs:
+        return None
+    columns = sqltools.output_columns(node.sql) or (ctx.stats.columns(node.sql) if ctx.stats else None)
+    keys = sqltools.order_columns(order)
+    if keys is None:
+        return None
+    for condition in where:
+        read = sqltools.predicate_columns(condition)
+        if read is None:
+            return None
+        keys |= read
+    if columns is None or not keys <= set(columns):
+        return None  # an ORDER BY on an LLM answer needs every answer first
+    source = node.sql
+    for condition in where:
+        source = sqltools.wrap_where(source, condition)
+    sql = sqltools.top_n(source, order, count)
+    if node.sql == sql or node.sql.endswith(sql[sql.rindex(" ORDER BY "):]):
+        return None  # already the top-N
+    rebuilt: lp.PlanNode = replace(node, sql=sql)
+    for op in reversed(chain):
+        rebuilt = replace(op, child=rebuilt)  # type: ignore[call-arg]
+    return rebuilt
 
 
 @helper

@@ -126,6 +126,10 @@ class Memo:
         found = self.index.get(node)
         if found is not None:
             return found
+        if group is not None and any(c.group == group for c in children):
+            # A rewrite whose child is its own group (an identity projection of the group, say)
+            # adds nothing but a cycle: the group's first expression stands for it.
+            return self.groups[group].exprs[0]
         if group is None:
             gid = len(self.groups)
             self.groups.append(Group(gid))

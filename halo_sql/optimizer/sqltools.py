@@ -171,7 +171,12 @@ class InputUse:
     predicates: list[str] = field(default_factory=list)
     """Conditions every row the query reads from the input must satisfy (over its columns)."""
     limit: int | None = None
-    """Only the input's first `limit` rows are ever read."""
+    """Only the input's first `limit` rows are ever read (in `order`, when it is given)."""
+    order: tuple[str, ...] = ()
+    """ORDER BY keys over the input's columns: the rows read are the input's first `limit`
+    rows in this order (a top-N), not its first rows..."""
+    order_where: tuple[str, ...] = ()
+    """... among the rows satisfying these conditions (over the input's columns)."""
     columns: set[str] | None = None
     """Columns the query reads once unused columns of its CTEs and derived tables are dropped
     (None: all, or unknown)."""
@@ -229,6 +234,10 @@ def input_uses(
         use = InputUse()
         use.predicates = _predicates_on(pushed, name)
         use.limit = _limit_on(qualified, name)
+        if use.limit is None:
+            top = _top_n_on(qualified, name)
+            if top is not None:
+                use.limit, use.order, use.order_where = top
         use.columns = _columns_read(pruned, name)
         use.pruned_sql = pruned_sql
         out[name] = use
@@ -320,6 +329,86 @@ def _limit_on(tree: exp.Expression, name: str) -> int | None:
             source = parent
         else:
             return None
+
+
+def _top_n_on(
+    tree: exp.Expression, name: str
+) -> tuple[int, tuple[str, ...], tuple[str, ...]] | None:
+    """`SELECT ... FROM name [WHERE p] ORDER BY <name's columns> LIMIT k`: the first k rows of
+    `name` in that order (among those satisfying p) are all the query reads; the ORDER BY keys
+    and the conditions p over `name`'s columns. p must be movable (no subquery, LLM or
+    volatile function)."""
+    table = _reference(tree, name)
+    select = table.parent_select if table is not None else None
+    if table is None or not isinstance(select, exp.Select):
+        return None
+    from_ = select.args.get("from_")
+    if from_ is None or from_.this is not table or select.args.get("joins"):
+        return None
+    for clause in ("group", "having", "qualify", "distinct", "laterals", "windows"):
+        if select.args.get(clause):
+            return None
+    alias = table.alias_or_name
+
+    def over_input(node: exp.Expr) -> str:
+        moved = node.copy().transform(
+            lambda n: exp.column(exp.to_identifier(n.name, quoted=True))
+            if isinstance(n, exp.Column)
+            else n
+        )
+        return moved.sql(DIALECT)
+
+    conditions = []
+    where = select.args.get("where")
+    for conjunct in conjuncts(where.this) if where is not None else []:
+        columns = list(conjunct.find_all(exp.Column))
+        if any(c.table != alias for c in columns) or not is_movable_predicate(conjunct):
+            return None
+        conditions.append(over_input(conjunct))
+    order, limit = select.args.get("order"), select.args.get("limit")
+    if order is None or limit is None:
+        return None
+    count = _literal_int(limit.expression)
+    offset = select.args.get("offset")
+    extra = _literal_int(offset.expression) if offset is not None else 0
+    if count is None or extra is None:
+        return None
+    for projection in select.expressions:
+        if any(isinstance(n, exp.AggFunc | exp.Window) for n in projection.walk()):
+            return None
+    named = {p.alias: p.unalias() for p in select.expressions if isinstance(p, exp.Alias)}
+    keys = []
+    for ordered in order.expressions:
+        key = ordered.this
+        if isinstance(key, exp.Column) and not key.table and key.name in named:
+            key = named[key.name]  # ORDER BY an output alias
+        if not isinstance(key, exp.Column) or key.table != alias:
+            return None
+        moved = ordered.copy()
+        moved.set("this", exp.column(exp.to_identifier(key.name, quoted=True)))
+        keys.append(moved.sql(DIALECT))
+    return count + extra, tuple(keys), tuple(conditions)
+
+
+def order_columns(order: tuple[str, ...]) -> set[str] | None:
+    """Column names ORDER BY keys read (None if they cannot be parsed).
+
+    >>> sorted(order_columns(('"t.a" DESC', 'b')))
+    ['b', 't.a']
+    """
+    tree = _parse(f"SELECT 1 ORDER BY {', '.join(order)}")
+    if tree is None:
+        return None
+    return {c.name for c in tree.find_all(exp.Column)}
+
+
+def top_n(sql: str, order: tuple[str, ...], count: int) -> str:
+    """`sql`'s first `count` rows in `order` (the query DuckDB runs as a top-N).
+
+    >>> top_n('SELECT a AS "t.a" FROM t', ('"t.a" DESC',), 3)
+    'SELECT * FROM (SELECT a AS "t.a" FROM t) AS __halo_top ORDER BY "t.a" DESC LIMIT 3'
+    """
+    return f"SELECT * FROM ({sql}) AS __halo_top ORDER BY {', '.join(order)} LIMIT {count}"
 
 
 def _plain_select(select: exp.Expression, *, allow_limit: bool) -> bool:

@@ -1,5 +1,9 @@
 """Bind agent calls in SQL: each becomes an `AgentCall` plan node read as a named input.
 
+Part of the planner: it asks the statement's planner for what it needs through the narrow
+`PlanningScope` (fresh input names, named inputs, planning an agent's input query), so it knows
+nothing of `PlanBuilder` itself.
+
 Three spellings, all rewritten before the LLM-call planner sees the statement:
 
     SELECT c_custkey, risk, steps, error
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import sqlglot
@@ -36,13 +40,11 @@ from sqlglot.errors import SqlglotError
 
 from halo_sql.agents.spec import RESERVED_COLUMNS, TOOL_CALL_TYPE, AgentSpec
 from halo_sql.errors import BinderError, NotSupportedError
+from halo_sql.logical.catalog import BindCatalog
 from halo_sql.logical.functions import is_llm_call, location_of, struct_items
-from halo_sql.logical.llm_call import sql_type_for
-from halo_sql.logical.plan import AgentCall, NamedInput, PlanNode
+from halo_sql.logical.plan import AgentCall, PlanNode
 from halo_sql.logical.sqlexpr import conjuncts
-
-if TYPE_CHECKING:
-    from halo_sql.logical.builder import BindCatalog, PlanBuilder
+from halo_sql.sqltypes import sql_type_for
 
 DIALECT = "duckdb"
 AGENT = "agent"
@@ -72,16 +74,36 @@ def has_agent_calls(statement: exp.Expr) -> bool:
     return any(_is_target(node) for node in statement.walk())
 
 
-def lift_agent_calls(statement: exp.Expr, builder: PlanBuilder) -> exp.Expr:
-    """A copy of `statement` whose agent calls read named inputs of `builder` (see the module
-    docstring); the builder's catalog is replaced by one that knows the agent outputs."""
-    return _AgentBinder(builder).lift(statement.copy())
+class PlanningScope(Protocol):
+    """What binding agent calls asks of the statement's planner (`PlanBuilder` is one)."""
+
+    catalog: BindCatalog
+    """The catalog the rest of the statement is planned with (replaced by one that knows the
+    agents' output tables)."""
+
+    def new_name(self, prefix: str) -> str:
+        """A name unique in the statement (`__halo_agent_3`)."""
+        ...
+
+    def add_input(self, name: str, plan: PlanNode) -> None:
+        """Make `plan`'s rows readable as the table `name` by the statement's queries."""
+        ...
+
+    def plan_input(self, query: exp.Expr, inputs: list[str]) -> PlanNode:
+        """The plan of `query` on its own (it may read the named inputs `inputs`)."""
+        ...
+
+
+def lift_agent_calls(statement: exp.Expr, scope: PlanningScope) -> exp.Expr:
+    """A copy of `statement` whose agent calls read named inputs of `scope` (see the module
+    docstring); the scope's catalog is replaced by one that knows the agent outputs."""
+    return _AgentBinder(scope).lift(statement.copy())
 
 
 class _AgentBinder:
-    def __init__(self, builder: PlanBuilder) -> None:
-        self.builder = builder
-        base = builder.catalog
+    def __init__(self, scope: PlanningScope) -> None:
+        self.scope = scope
+        base = scope.catalog
         if getattr(base, "agents", None) is None:
             raise BinderError("agents are not available here (no agent catalog in this session)")
         self.agents = base.agents
@@ -89,7 +111,7 @@ class _AgentBinder:
         """Output columns (name, DuckDB type) of every agent table made so far."""
         self.tables: dict[AgentCall, str] = {}
         self.catalog = _agent_aware(base, self.schemas)
-        builder.catalog = self.catalog
+        scope.catalog = self.catalog
 
     def lift(self, statement: exp.Expr) -> exp.Expr:
         while True:
@@ -200,7 +222,7 @@ class _AgentBinder:
         else:
             result = exp.column("answer")
         keys = [f"__k{i}" for i in range(len(items))]
-        alias = self.builder.names.next("__halo_ac")
+        alias = self.scope.new_name("__halo_ac")
         lookup = exp.select(
             *[exp.column(exp.to_identifier(k, quoted=True)).as_(key)
               for (k, _), key in zip(items, keys, strict=True)],
@@ -324,22 +346,14 @@ class _AgentBinder:
         node = AgentCall(plan, agent, tools, tuple(c for c, _ in columns))
         table = self.tables.get(node)
         if table is None:
-            table = self.builder.names.next("__halo_agent")
+            table = self.scope.new_name("__halo_agent")
             self.tables[node] = table
-            self.builder.inputs[table] = NamedInput(table, node)
+            self.scope.add_input(table, node)
             self.schemas[table] = [*columns, *agent.shape.columns, *_RESERVED_TYPES]
         return table, agent
 
     def _plan_input(self, query: exp.Expr) -> PlanNode:
-        options = getattr(self.builder, "options", None)
-        sub = type(self.builder)(self.catalog, options) if options is not None else (
-            type(self.builder)(self.catalog)
-        )
-        sub.names = self.builder.names  # one counter: input names are unique in the statement
-        sub.inputs.update({t: self.builder.inputs[t] for t in self.tables.values()})
-        plan = sub.build(query, query.sql(DIALECT))
-        self.builder.notes.extend(n for n in plan.notes if n not in self.builder.notes)
-        return plan.root
+        return self.scope.plan_input(query, list(self.tables.values()))
 
     def _describe(self, query: exp.Expr) -> list[tuple[str, str]]:
         return self.agents.describe(_substitute(query.sql(DIALECT), self.schemas))  # type: ignore[no-any-return]
