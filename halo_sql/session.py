@@ -39,7 +39,7 @@ from halo_sql.executor.duckdb_bridge import duckdb_error
 from halo_sql.executor.engine import ExecutionContext, SubplanCache, execute
 from halo_sql.executor.runtime import BatchSizer, LLMRuntime, ResponseMemo, StatementStats
 from halo_sql.llm.base import Backend
-from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
+from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for, check_spec
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
 from halo_sql.logical.functions import LLM_FUNCTION_NAMES
 from halo_sql.logical.plan import DuckDBQuery, StatementPlan, explain_consolidated
@@ -502,6 +502,7 @@ class Session:
                     "WITH (model => 'path-or-hub-id')"
                 )
             spec = ModelSpec(statement.name, statement.backend, path, options)
+            check_spec(spec)  # before it is stored: no API key may reach the database file
             self.models[statement.name] = spec
             if self.default_model is None:
                 self.default_model = statement.name

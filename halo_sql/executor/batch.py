@@ -155,12 +155,7 @@ class BatchingRuntime(LLMRuntime):
                         continue
                     for (key, pending), response in zip(chunk, responses, strict=True):
                         results[key] = response
-                        owner = pending.owner
-                        owner.llm_requests += 1
-                        owner.prompt_tokens += response.prompt_tokens
-                        owner.cached_prompt_tokens += response.cached_prompt_tokens
-                        owner.output_tokens += response.output_tokens
-                        owner.failed_requests += response.error is not None
+                        pending.owner.count_response(response)
         finally:
             self._cond.acquire()
             self._answers.update(results)

@@ -369,6 +369,8 @@ class OperatorCounters:
     llm_requests: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
+    cached_unknown_requests: int = 0
+    """Requests whose backend did not report cached tokens: `cached_prompt_tokens` is unknown."""
     output_tokens: int = 0
     seconds: float = 0.0
 
@@ -387,7 +389,10 @@ def _counted(
     stats = ctx.stats
     try:
         while True:
-            before = (stats.llm_requests, stats.prompt_tokens, stats.cached_prompt_tokens, stats.output_tokens)
+            before = (
+                stats.llm_requests, stats.prompt_tokens, stats.cached_prompt_tokens,
+                stats.output_tokens, stats.cached_unknown_requests,
+            )
             began = time.perf_counter()
             try:
                 batch = next(inner)
@@ -399,6 +404,7 @@ def _counted(
                 counters.prompt_tokens += stats.prompt_tokens - before[1]
                 counters.cached_prompt_tokens += stats.cached_prompt_tokens - before[2]
                 counters.output_tokens += stats.output_tokens - before[3]
+                counters.cached_unknown_requests += stats.cached_unknown_requests - before[4]
             if batch is not None:
                 counters.rows += batch.num_rows
             yield batch

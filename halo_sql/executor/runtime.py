@@ -79,6 +79,10 @@ class StatementStats:
     """Requests actually sent to a backend (after deduplication)."""
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
+    """Summed over the requests whose backend reported it; `as_dict` says None (unknown) as
+    soon as one request's backend did not (`cached_unknown_requests`)."""
+    cached_unknown_requests: int = 0
+    """Requests whose backend did not report cached tokens (an OpenAI-compatible server)."""
     output_tokens: int = 0
     deduplicated_requests: int = 0
     """Requests answered from an identical request of the same statement, never sent."""
@@ -107,12 +111,27 @@ class StatementStats:
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
         out["computed_prompt_tokens"] = self.prompt_tokens - self.cached_prompt_tokens
+        if self.cached_unknown_requests:
+            out["cached_prompt_tokens"] = out["computed_prompt_tokens"] = None  # unknown, not 0
         return out
+
+    def count_response(self, response: LLMResponse) -> None:
+        """Account one answer a backend sent."""
+        self.llm_requests += 1
+        self.prompt_tokens += response.prompt_tokens
+        if response.cached_prompt_tokens is None:
+            self.cached_unknown_requests += 1
+        else:
+            self.cached_prompt_tokens += response.cached_prompt_tokens
+        self.output_tokens += response.output_tokens
+        if response.error is not None:
+            self.failed_requests += 1
 
     def merge(self, other: StatementStats) -> None:
         for key in (
-            "llm_requests", "prompt_tokens", "cached_prompt_tokens", "output_tokens",
-            "deduplicated_requests", "invalid_answers", "failed_requests", "backend_calls",
+            "llm_requests", "prompt_tokens", "cached_prompt_tokens", "cached_unknown_requests",
+            "output_tokens", "deduplicated_requests", "invalid_answers", "failed_requests",
+            "backend_calls",
             "agent_steps", "tool_calls", "deduplicated_tool_calls", "tool_errors",
         ):
             setattr(self, key, getattr(self, key) + getattr(other, key))
@@ -219,12 +238,7 @@ class LLMRuntime:
             for (key, _), response in zip(chunk, responses, strict=True):
                 stats.memo.put(key, response)
                 answers[key] = response
-                stats.llm_requests += 1
-                stats.prompt_tokens += response.prompt_tokens
-                stats.cached_prompt_tokens += response.cached_prompt_tokens
-                stats.output_tokens += response.output_tokens
-                if response.error is not None:
-                    stats.failed_requests += 1
+                stats.count_response(response)
             if stats.progress is not None:
                 stats.progress(stats)
         return [answers[key] for key in keys]
