@@ -489,12 +489,13 @@ def test_a_server_stopped_mid_batch_delivers_answered_requests_and_names_model_a
 
 @pytest.mark.vllm
 def test_a_rerun_after_the_server_restarts_completes_from_the_response_cache(
-    server: Any, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     pytest.importorskip(
         "halo_sql.executor.response_cache",
         reason="needs the runtime's persistent response cache (halo_sql.executor.response_cache)",
     )
+    server = request.getfixturevalue("server")  # only now: a skipped test starts no server
     database = str(tmp_path / "resume.duckdb")
     sql = "SELECT id, LLM('Tell a long story about {text}', max_tokens => 48) AS s FROM items ORDER BY id"
     options = {"max_concurrency": 2, "max_retries": 0}
@@ -521,3 +522,23 @@ def test_a_rerun_after_the_server_restarts_completes_from_the_response_cache(
     assert t is not None and t.num_rows == 24 and t.column("s").null_count == 0
     # The answers that arrived before the stop came from the cache, not the server.
     assert rerun.stats()["llm_requests"] <= 24 - answered
+
+
+# -- tpc_agentic_bench against any server ------------------------------------------------------
+
+
+def test_the_benchmark_runs_against_an_openai_compatible_server(
+    fake: FakeOpenAIServer, tpch_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tpc_agentic_bench.__main__ import main
+
+    status = main([
+        "run", "--backend", "openai", "--base-url", fake.url, "--workloads", "W1",
+        "--queries", "1", "--scale", "0.01", "--systems", "naive,halo",
+        "--cache-dir", str(tpch_dir.parent), "--no-progress",
+    ])
+    assert status == 0, capsys.readouterr()
+    assert "W1" in capsys.readouterr().out
+    assert fake.seen and all(seen.body["model"] == "fake-model" for seen in fake.seen)  # the only model
+    with pytest.raises(SystemExit):
+        main(["run", "--backend", "openai", "--workloads", "W1"])  # no --base-url

@@ -90,17 +90,28 @@ class VLLMServer:
         """Start it again if a fault test stopped it."""
         return self if self.running else self.start()
 
-    def stop(self) -> None:
-        """Stop the server and its engine at once (requests in flight are dropped)."""
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the server and its engine (requests in flight are dropped).
+
+        vLLM stops its engine first on SIGTERM, and uvicorn then waits for the connections of
+        the requests in flight, which can no longer finish: after `grace` seconds the API
+        process is killed, alone, so that its resource tracker still removes the shared memory
+        the engine used; whatever is left of the group goes last.
+        """
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
             process.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and _group_alive(process.pid):
+            time.sleep(0.2)
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
 
     def answered(self) -> int:
         """Requests the server has finished so far (from its Prometheus /metrics)."""
@@ -118,6 +129,14 @@ class VLLMServer:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _free_port() -> int:

@@ -518,9 +518,11 @@ class OpenAIBackend(AsyncBackend):
                 f"{root}/tokenize", body={"model": self.model, "prompt": text}, cast_to=object
             )
         except openai.APIStatusError as exc:
-            if exc.status_code in (404, 405, 501):
+            # 404: no such endpoint (OpenAI, Ollama); 400/422: another shape of it (llama.cpp's
+            # wants `content`). Either way: estimates from now on. 5xx: just this once.
+            if exc.status_code < 500 and exc.status_code not in (408, 429):
                 self._tokenize = False
-                _log.info("%s has no /tokenize; token counts are estimates", self.name)
+                _log.info("%s has no usable /tokenize; token counts are estimates", self.name)
             return None
         except openai.APIError:
             return None  # unreachable now: estimate this one, ask again next time
@@ -531,6 +533,20 @@ class OpenAIBackend(AsyncBackend):
                 return len(answer["tokens"])
         self._tokenize = False
         return None
+
+
+def served_models(base_url: str, api_key_env: str | None = None) -> list[str]:
+    """The model names a server serves (its /v1/models).
+
+    >>> served_models("http://127.0.0.1:8000/v1")                             # doctest: +SKIP
+    ['tiny']
+    """
+    probe = OpenAIBackend("?", base_url=base_url, api_key_env=api_key_env, max_retries=1)
+    try:
+        info = probe._server_info()
+    finally:
+        probe.close()
+    return list(info.served) if info is not None else []
 
 
 class _PriorityGate:
