@@ -139,6 +139,7 @@ class OpenAIBackend(AsyncBackend):
 
             self._local_tokenizer = HFTokenizer(tokenizer)
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
         self._key: str | None = None
         self._sync: Any = None
         self._async: tuple[asyncio.AbstractEventLoop, Any, _PriorityGate] | None = None
@@ -474,10 +475,14 @@ class OpenAIBackend(AsyncBackend):
         """/v1/models, asked once: is the model served, by what, with which max_model_len.
         A server without /v1/models is taken as it is (None); one that cannot be reached
         raises ModelError and is asked again next time."""
+        with self._probe_lock:  # the first requests of a batch arrive together: ask once
+            if self._info is not None or self._info_failed:
+                return self._info
+            return self._probe()
+
+    def _probe(self) -> _ServerInfo | None:
         import openai
 
-        if self._info is not None:
-            return self._info
         try:
             listing = self._sync_client().get("/models", cast_to=object)
         except openai.APIConnectionError as exc:
