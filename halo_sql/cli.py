@@ -56,7 +56,7 @@ def _configure_shell(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("database", nargs="?", default=":memory:", metavar="DATABASE",
                         help="DuckDB database file (default: in-memory)")
     parser.add_argument("--model", help="default model: a directory or hub id ($HALO_MODEL)")
-    parser.add_argument("--backend", choices=("vllm", "sim"),
+    parser.add_argument("--backend", choices=("vllm", "sim", "openai"),
                         help="backend of the default model ($HALO_BACKEND; vllm when --model is given)")
     parser.add_argument("--model-option", dest="model_options", action="append", default=[],
                         type=_model_option, metavar="KEY=VALUE",
@@ -164,7 +164,7 @@ def _configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("database", nargs="?", default=":memory:", metavar="DATABASE",
                         help="DuckDB database file (default: in-memory)")
     parser.add_argument("--model", help="default model: a directory or hub id ($HALO_MODEL)")
-    parser.add_argument("--backend", choices=("vllm", "sim"), help="backend of the default model")
+    parser.add_argument("--backend", choices=("vllm", "sim", "openai"), help="backend of the default model")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     parser.add_argument("--allow-writes", action="store_true",

@@ -10,6 +10,7 @@ Every message names the place: the SQL line and column, the template, the row or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -83,6 +84,20 @@ class BinderError(ProgrammingError):
 
 class ModelError(OperationalError):
     """An LLM backend failed: could not load a model or answer a request."""
+
+
+class IncompleteBatchError(ModelError):
+    """A backend answered only part of a batch: `responses` holds, in request order, the
+    answers that arrived (None where a request failed), so a caller can keep them.
+
+    >>> error = IncompleteBatchError("model 'm' at http://h/v1: connection refused", responses=["a", None])
+    >>> error.responses
+    ['a', None]
+    """
+
+    def __init__(self, message: str, *, responses: Sequence[object | None]) -> None:
+        super().__init__(message)
+        self.responses = list(responses)
 
 
 class QueryCancelled(OperationalError):

@@ -44,7 +44,7 @@ from halo_sql.executor.runtime import LLMRuntime, ResponseMemo, StatementStats
 from halo_sql.llm import aio
 from halo_sql.llm.base import Backend
 from halo_sql.llm.model_options import check_model_options
-from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for
+from halo_sql.llm.registry import BACKENDS, ModelSpec, backend_for, check_spec
 from halo_sql.logical.agent_calls import AGENT_NAMES
 from halo_sql.logical.builder import DIALECT, BindCatalog, PlanBuilder, PlannerOptions
 from halo_sql.logical.functions import LLM_FUNCTION_NAMES, is_template_argument, literal_template
@@ -591,6 +591,7 @@ class Session:
                     "WITH (model => 'path-or-hub-id')"
                 )
             spec = ModelSpec(statement.name, statement.backend, path, options)
+            check_spec(spec)  # before it is stored: no API key may reach the database file
             self.models[statement.name] = spec
             if self.default_model is None:
                 self.default_model = statement.name

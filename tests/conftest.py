@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from vllm_server import VLLMServer
+
     from halo_sql.frontends.dbapi import Connection
     from halo_sql.llm.vllm_backend import VLLMBackend
 
@@ -49,6 +51,27 @@ def vllm_backend(tiny_model_dir: Path) -> Iterator[VLLMBackend]:
     backend = backend_for(ModelSpec("tiny", "vllm", str(tiny_model_dir)))
     yield backend  # type: ignore[misc]
     shutdown_all()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
+    """ONE real vLLM OpenAI-compatible server (`python -m vllm.entrypoints.openai.api_server`)
+    on 127.0.0.1 with the tiny model served as 'tiny', for the `openai` backend's tests; always
+    stopped at the end of the session. A test that stops it must leave it running again, or
+    call `start()` (fault tests do). Skips only when vLLM cannot be imported."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"vLLM is not importable here ({exc}); install halo-sql[cpu] to run this test")
+    from vllm_server import VLLMServer
+
+    server = VLLMServer(tiny_model_dir, tmp_path_factory.mktemp("vllm-server"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 # ---------------------------------------------------------------------------------------------

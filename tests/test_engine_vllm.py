@@ -1,4 +1,5 @@
-"""The engine end to end on the real vLLM backend (tiny random-weight model, shared engine)."""
+"""The engine end to end on real vLLM (tiny random-weight model): in process (the shared engine)
+and through vLLM's OpenAI-compatible server (the `openai` backend; the shared server)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,18 @@ pytestmark = pytest.mark.vllm
 LABELS = ["positive", "negative", "neutral"]
 
 
-@pytest.fixture(scope="module")
-def con(vllm_backend: object, tiny_model_dir: Path) -> halo_sql.Connection:
-    con = halo_sql.connect(model=str(tiny_model_dir))
-    assert con.session.backend("default") is vllm_backend, "must share the session's engine"
+@pytest.fixture(scope="module", params=["vllm", "openai"])
+def con(request: pytest.FixtureRequest, tiny_model_dir: Path) -> halo_sql.Connection:
+    if request.param == "vllm":
+        vllm_backend = request.getfixturevalue("vllm_backend")
+        con = halo_sql.connect(model=str(tiny_model_dir))
+        assert con.session.backend("default") is vllm_backend, "must share the session's engine"
+    else:
+        server = request.getfixturevalue("vllm_server").ensure_running()
+        con = halo_sql.connect(
+            backend="openai", model="tiny",
+            model_options={"base_url": server.url, "api": "completions"},
+        )
     texts = [
         "The parcel arrived two weeks late and the box was crushed.",
         "Great kettle, boils fast, delivery was on time.",

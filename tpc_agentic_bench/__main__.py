@@ -1,5 +1,6 @@
 """Command line: `python -m tpc_agentic_bench run [--quick] [--workloads W1,W2] [--queries N]
-[--backend vllm|sim] [--model DIR] [--json OUT] [--plot OUT.png] [--verbose]` (see README.md).
+[--backend vllm|sim|openai] [--model DIR] [--base-url URL --served-model NAME] [--json OUT]
+[--plot OUT.png] [--verbose]` (see README.md).
 
 The table goes to stdout, the progress bar to stderr. The exit status is 1 when a query failed
 or systems disagreed on an answer (greedy decoding must give every system the same answers).
@@ -38,9 +39,15 @@ def _parser() -> argparse.ArgumentParser:
                           f"{', '.join(AGENT_WORKLOADS)} after the selected workloads")
     run.add_argument("--queries", type=int, help="queries per workload (default 4 quick, 16 full)")
     run.add_argument("--scale", type=float, help="TPC-H scale factor (default 0.01 quick, 0.1 full)")
-    run.add_argument("--backend", choices=("vllm", "sim"), default="vllm")
+    run.add_argument("--backend", choices=("vllm", "sim", "openai"), default="vllm")
     run.add_argument("--model", help="default model directory (vllm default: the tiny model, "
                                      "written to <cache>/tiny-model)")
+    run.add_argument("--base-url", help="openai backend: the server, e.g. http://127.0.0.1:8000/v1")
+    run.add_argument("--served-model", help="openai backend: the served model name (default: "
+                                            "the server's only model); --large-model names W4's")
+    run.add_argument("--api", choices=("chat", "completions"),
+                     help="openai backend: which endpoint (default chat)")
+    run.add_argument("--api-key-env", help="openai backend: environment variable holding the key")
     run.add_argument("--large-model", help="W4's large model (vllm default: a larger tiny model)")
     run.add_argument("--dtype", help="vLLM weights and activations (default float32: greedy "
                                      "answers equal across systems; bfloat16 is faster on CPU)")
@@ -147,16 +154,25 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--dtype applies to the vllm backend only")
     if (args.queries is not None and args.queries < 1) or args.repeat < 1:
         parser.error("--queries and --repeat must be at least 1")
+    model_options: dict[str, str] = {"dtype": args.dtype} if args.dtype else {}
+    if args.backend == "openai":
+        if not args.base_url:
+            parser.error("--backend openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        model_options["base_url"] = args.base_url
+        if args.api:
+            model_options["api"] = args.api
+        if args.api_key_env:
+            model_options["api_key_env"] = args.api_key_env
     config = BenchConfig(
         backend=args.backend,
-        model=args.model,
+        model=args.served_model or args.model,
+        model_options=model_options,
         large_model=args.large_model,
         scale=args.scale if args.scale is not None else (QUICK_SCALE if args.quick else FULL_SCALE),
         queries=args.queries or (QUICK_QUERIES if args.quick else FULL_QUERIES),
         workloads=workloads,
         systems=systems,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-        model_options={"dtype": args.dtype} if args.dtype else {},
         quick=args.quick,
         repeat=args.repeat,
     )

@@ -85,9 +85,10 @@ class BenchConfig:
     """What to run; the CLI fills it from its arguments."""
 
     backend: str = "sim"
-    """"vllm" or "sim"."""
+    """"vllm", "sim" or "openai" (a running server; `model_options` holds its base_url)."""
     model: str | None = None
-    """Default model directory; with vllm and None, the tiny model is written to the cache."""
+    """Default model directory (openai: served name); with vllm and None, the tiny model is
+    written to the cache; with openai and None, the server's only model."""
     large_model: str | None = None
     """W4's large model directory; with vllm and None, a larger tiny model is written."""
     scale: float = QUICK_SCALE
@@ -164,8 +165,13 @@ def model_setup(config: BenchConfig, cache_dir: Path) -> ModelSetup:
         large_options = {**options, "seed": int(options.get("seed", 0)) + 1}
         return ModelSetup("sim", config.model, options, config.large_model or config.model,
                           large_options)
+    if config.backend == "openai":
+        # A running OpenAI-compatible server: its model(s) by served name, no files written.
+        options = dict(config.model_options)
+        model = config.model or _only_served_model(options)
+        return ModelSetup("openai", model, options, config.large_model or model, dict(options))
     if config.backend != "vllm":
-        raise ValueError(f"unknown backend {config.backend!r} (use vllm or sim)")
+        raise ValueError(f"unknown backend {config.backend!r} (use vllm, sim or openai)")
     from halo_sql.llm.tiny_model import write_tiny_model
 
     model = config.model
@@ -195,6 +201,18 @@ def _chat_option(model: str, options: dict[str, Any]) -> dict[str, Any]:
     if "chat_template" in options or not has_chat_template(model):
         return dict(options)
     return {**options, "chat_template": True}
+
+
+def _only_served_model(options: dict[str, Any]) -> str:
+    from halo_sql.llm.openai_backend import served_models
+
+    served = served_models(str(options.get("base_url", "")), options.get("api_key_env"))
+    if len(served) != 1:
+        raise ValueError(
+            f"the server at {options.get('base_url')} serves {len(served)} models "
+            f"({', '.join(served) or 'none'}); name one with --served-model"
+        )
+    return served[0]
 
 
 def _tiny_model(directory: Path, write: Any, shape: dict[str, int]) -> Path:

@@ -54,13 +54,18 @@ class OperatorCounters:
     llm_requests: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
+    cached_unknown_requests: int = 0
+    """Requests whose backend did not report cached tokens: `cached_prompt_tokens` is unknown."""
     output_tokens: int = 0
     seconds: float = 0.0
 
     def charge(self, response: LLMResponse) -> None:
         self.llm_requests += 1
         self.prompt_tokens += response.prompt_tokens
-        self.cached_prompt_tokens += response.cached_prompt_tokens
+        if response.cached_prompt_tokens is None:
+            self.cached_unknown_requests += 1
+        else:
+            self.cached_prompt_tokens += response.cached_prompt_tokens
         self.output_tokens += response.output_tokens
 
 

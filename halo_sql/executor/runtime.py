@@ -100,6 +100,10 @@ class StatementStats:
     """Requests actually sent to a backend (after deduplication)."""
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
+    """Summed over the requests whose backend reported it; `as_dict` says None (unknown) as
+    soon as one request's backend did not (`cached_unknown_requests`)."""
+    cached_unknown_requests: int = 0
+    """Requests whose backend did not report cached tokens (an OpenAI-compatible server)."""
     output_tokens: int = 0
     deduplicated_requests: int = 0
     """Requests answered by an identical request (of this statement, of another query of the same
@@ -147,13 +151,15 @@ class StatementStats:
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
         out["computed_prompt_tokens"] = self.prompt_tokens - self.cached_prompt_tokens
+        if self.cached_unknown_requests:
+            out["cached_prompt_tokens"] = out["computed_prompt_tokens"] = None  # unknown, not 0
         return out
 
     def merge(self, other: StatementStats) -> None:
         for key in (
-            "llm_requests", "prompt_tokens", "cached_prompt_tokens", "output_tokens",
-            "deduplicated_requests", "shared_requests", "invalid_answers", "failed_requests",
-            "aborted_requests",
+            "llm_requests", "prompt_tokens", "cached_prompt_tokens", "cached_unknown_requests",
+            "output_tokens", "deduplicated_requests", "shared_requests", "invalid_answers",
+            "failed_requests", "aborted_requests",
             "backend_calls", "agent_steps", "tool_calls", "deduplicated_tool_calls", "tool_errors",
             "llm_seconds", "planning_seconds", "null_failures",
         ):
@@ -161,11 +167,14 @@ class StatementStats:
         if self.first_failure is None:
             self.first_failure = other.first_failure
 
-    def account(self, response: LLMResponse, seconds: float) -> None:
+    def account(self, response: LLMResponse, seconds: float = 0.0) -> None:
         """Charge one answered request to this statement."""
         self.llm_requests += 1
         self.prompt_tokens += response.prompt_tokens
-        self.cached_prompt_tokens += response.cached_prompt_tokens
+        if response.cached_prompt_tokens is None:  # the server did not say: unknown, not 0
+            self.cached_unknown_requests += 1
+        else:
+            self.cached_prompt_tokens += response.cached_prompt_tokens
         self.output_tokens += response.output_tokens
         self.llm_seconds += seconds
         if response.error is not None:

@@ -698,7 +698,7 @@ class _ProgressView:
         total = total if total and total >= done else None
         info = f"{done:,}" + (f"/{total:,}" if total else "") + " rows"
         info += f" · {stats.prompt_tokens + stats.output_tokens:,} tokens"
-        info += f" ({stats.cached_prompt_tokens:,} cached) · {elapsed:.1f} s"
+        info += f" ({_cached(stats)} cached) · {elapsed:.1f} s"
         if total and done:
             info += f" · ETA {elapsed * (total - done) / done:.1f} s"
         if self._cancelling:
@@ -717,13 +717,18 @@ class _ProgressView:
 
 
 # -- formatting ----------------------------------------------------------------------------------
+def _cached(stats: StatementStats) -> str:
+    """Cached prompt tokens, or 'unknown' when a backend did not report them."""
+    return "unknown" if stats.cached_unknown_requests else f"{stats.cached_prompt_tokens:,}"
+
+
 def _timer_line(stats: StatementStats) -> str:
     line = f"Run Time: {stats.seconds:.3f} s"
     if stats.llm_requests or stats.deduplicated_requests:
         batches = stats.backend_calls
         line += (
             f" · {stats.llm_requests:,} LLM requests in {batches:,} batch{'es' if batches != 1 else ''}"
-            f" · {stats.prompt_tokens:,} prompt tokens ({stats.cached_prompt_tokens:,} cached)"
+            f" · {stats.prompt_tokens:,} prompt tokens ({_cached(stats)} cached)"
             f" · {stats.output_tokens:,} output tokens · LLM {stats.llm_seconds:.3f} s"
         )
     return line

@@ -85,7 +85,9 @@ class LLMResponse:
 
     text: str
     prompt_tokens: int
-    cached_prompt_tokens: int
+    cached_prompt_tokens: int | None
+    """Prompt tokens served from the engine's prefix cache; None when the backend does not
+    report it (an OpenAI-compatible server without cached-token details): unknown, never 0."""
     output_tokens: int
     finish_reason: str = "stop"
     error: str | None = None

@@ -19,7 +19,13 @@ from halo_sql.errors import BinderError, ModelError
 from halo_sql.llm.base import Backend
 from halo_sql.llm.models import resolve_model_name
 
-BACKENDS = ("vllm", "sim")
+BACKENDS = ("vllm", "sim", "openai")
+
+OPENAI_OPTIONS = {
+    "base_url", "api_key_env", "max_concurrency", "timeout", "api", "max_retries",
+    "structured_outputs", "context_window", "tokenizer",
+}
+"""Options of `CREATE MODEL m USING openai WITH (...)` (halo_sql.llm.openai_backend)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,30 @@ def _start(spec: ModelSpec) -> Backend:
             return VLLMBackend(model, **{**defaults, **options})
         except TypeError as exc:
             raise ModelError(f"model {spec.name!r}: bad option for vllm: {exc}") from None
+    if spec.backend == "openai":
+        check_spec(spec)
+        from halo_sql.llm.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(str(spec.model), **options)
     raise BinderError(f"model {spec.name!r}: unknown backend {spec.backend!r} (use one of {BACKENDS})")
+
+
+def check_spec(spec: ModelSpec) -> None:
+    """Refuse, before a model is stored, options its backend does not take: above all an API
+    key, which would land in the database file (the openai backend takes the NAME of the
+    environment variable that holds it: api_key_env)."""
+    if spec.backend != "openai":
+        return
+    if "api_key" in spec.options:
+        raise BinderError(
+            f"model {spec.name!r}: keys are never stored; name the environment variable that "
+            "holds it instead, e.g. api_key_env => 'OPENAI_API_KEY'"
+        )
+    if not spec.model:
+        raise BinderError(
+            f"model {spec.name!r}: the openai backend needs model => 'served-model-name'"
+        )
+    _check_options(spec, dict(spec.options), OPENAI_OPTIONS)
 
 
 def _check_options(spec: ModelSpec, options: dict[str, Any], allowed: set[str]) -> None:

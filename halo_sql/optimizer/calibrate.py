@@ -87,7 +87,9 @@ def measure(backend: Backend, *, quick: bool = False) -> BackendProfile:
     for length in (short, long):
         requests = [_request(_words(rng, length), 1) for _ in range(rounds)]
         seconds, responses = _timed(backend, requests)
-        computed = sum(r.prompt_tokens - r.cached_prompt_tokens for r in responses)
+        # Random words share no prefix, so a backend that does not report cached tokens
+        # (None) has computed them all.
+        computed = sum(r.prompt_tokens - (r.cached_prompt_tokens or 0) for r in responses)
         times.append(seconds)
         tokens.append(computed)
     per_token = max((times[1] - times[0]) / max(tokens[1] - tokens[0], 1), 1e-9)

@@ -62,7 +62,8 @@ def _exclusive(node: lp.PlanNode, actual: Actual) -> dict[str, float] | None:
     mine = actual(node)
     if mine is None:
         return None
-    out = {k: float(getattr(mine, k, 0)) for k in (*_COUNTERS, "seconds")}
+    keys = (*_COUNTERS, "cached_unknown_requests", "seconds")
+    out = {k: float(getattr(mine, k, 0)) for k in keys}
     out["rows"] = float(getattr(mine, "rows", 0))
     return out
 
@@ -75,7 +76,9 @@ def _actual_text(counters: dict[str, float] | None) -> str:
         parts += [
             f"requests={_fmt(counters['llm_requests'])}",
             f"prompt={_fmt(counters['prompt_tokens'])}",
-            f"cached={_fmt(counters['cached_prompt_tokens'])}",
+            # A backend that does not report cached tokens makes the number unknown, not 0.
+            "cached=unknown" if counters.get("cached_unknown_requests")
+            else f"cached={_fmt(counters['cached_prompt_tokens'])}",
             f"output={_fmt(counters['output_tokens'])}",
         ]
     parts.append(f"time={max(0.0, counters['seconds']):.4f}s")
@@ -128,7 +131,7 @@ def explain_text(plan: lp.StatementPlan, actual: Actual | None = None, stats: An
         lines.append(
             "actual total: "
             + ", ".join(
-                f"{k}={measured[k]}"
+                f"{k}={'unknown' if measured[k] is None else measured[k]}"
                 for k in (
                     "llm_requests", "prompt_tokens", "cached_prompt_tokens", "output_tokens",
                     "deduplicated_requests", "invalid_answers",
@@ -171,7 +174,10 @@ def explain_json(plan: lp.StatementPlan, actual: Actual | None = None, stats: An
             if e.note:
                 item["estimate"]["note"] = e.note
         if actual is not None:
-            item["actual"] = _exclusive(node, actual)
+            measured: dict[str, Any] | None = _exclusive(node, actual)
+            if measured and measured.get("cached_unknown_requests"):
+                measured["cached_prompt_tokens"] = None  # not reported by the backend: unknown
+            item["actual"] = measured
         if isinstance(node, lp.DuckDBQuery):
             item["inputs"] = [{"name": n.name, "plan": walk(n.plan)} for n in node.inputs]
         elif node.children:
