@@ -109,6 +109,9 @@ class Session:
         self.optimizer_settings = OptimizerSettings()
         """SET disable_rules / enable_rules / optimizer_sample_rows (halo_sql.optimizer.settings)."""
         self.runtime = LLMRuntime(self.backend)
+        self.statistics_sql: Callable[[str], str] | None = None
+        """While a query shape is planned with sentinel values: puts real values back into the
+        optimizer's statistics queries (see `plan_for_batch`)."""
         self.on_llm_failure = "raise"
         """What a request the model could not answer does to its statement: 'raise' (the
         statement fails, naming how many failed and the first cause; answers received stay in
@@ -480,10 +483,16 @@ class Session:
                 plan = self._plan(statement, statement.text, params, batch=True)
                 shapes[shape.key] = None
                 sentinel = split_statements(shape.sentinel_sql)[0]
-                with contextlib.suppress(HaloError, duckdb.Error):
-                    shaped = self._plan(sentinel, sentinel.text, None, batch=True)
-                    if instantiate(shaped, shape.substitute).root == plan.root:
-                        shapes[shape.key] = shaped
+                # The optimizer's statistics queries see the first query's values, so the
+                # sentinel plan makes the choices the real query's plan made.
+                self.statistics_sql = shape.substitute
+                try:
+                    with contextlib.suppress(HaloError, duckdb.Error):
+                        shaped = self._plan(sentinel, sentinel.text, None, batch=True)
+                        if instantiate(shaped, shape.substitute).root == plan.root:
+                            shapes[shape.key] = shaped
+                finally:
+                    self.statistics_sql = None
                 return plan
             except duckdb.Error as exc:
                 raise duckdb_error(exc) from None
@@ -584,6 +593,8 @@ class Session:
                     f"CREATE MODEL {statement.name}: model must be a path or hub id string, "
                     f"got {path!r}", location=locations.get("model"),
                 )
+            # The backend's own refusals first (an API key given as an option is never stored).
+            check_spec(ModelSpec(statement.name, statement.backend, path, options))
             options = check_model_options(statement.name, statement.backend, options, locations)
             if statement.backend == "vllm" and not path:
                 raise BinderError(

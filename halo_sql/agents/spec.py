@@ -21,9 +21,8 @@ from typing import Any
 import pyarrow as pa
 
 from halo_sql.errors import BinderError, SourceLocation
-from halo_sql.logical.llm_call import MAX_TOKENS, check_shorthand
 from halo_sql.options import Option, read_options
-from halo_sql.sqltypes import schema_to_arrow, sql_type_for
+from halo_sql.sqltypes import MAX_TOKENS, check_shorthand, schema_to_arrow, sql_type_for
 
 _MAX_TIMEOUT = 24 * 3600.0
 _MAX_ROWS = 100_000

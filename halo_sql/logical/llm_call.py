@@ -21,50 +21,7 @@ import pyarrow as pa
 
 from halo_sql.llm.base import DecodingParams, LLMRequest, OutputKind, OutputSpec
 from halo_sql.parser.template import PromptTemplate
-from halo_sql.sqltypes import schema_to_arrow
-
-MAX_TOKENS = 1 << 20
-"""Largest max_tokens an option may ask for (a million tokens: beyond any model's context)."""
-
-SHORTHAND_TYPES = ("string", "integer", "number", "boolean")
-"""Field types of the shorthand schema '{"name": "string", "age": "integer"}'."""
-
-_SCHEMA_KEYWORDS = frozenset(
-    {
-        "type", "properties", "items", "prefixItems", "enum", "const", "anyOf", "oneOf", "allOf",
-        "not", "$ref", "$defs", "definitions", "$schema", "$id", "required",
-        "additionalProperties", "patternProperties", "minItems", "maxItems", "uniqueItems",
-        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
-        "pattern", "format", "title", "description", "default", "examples", "if", "then", "else",
-        "contains", "minProperties", "maxProperties", "dependentRequired", "dependentSchemas",
-        "propertyNames", "unevaluatedProperties", "unevaluatedItems", "multipleOf",
-    }
-)
-
-
-def check_shorthand(schema: dict[str, Any], where: str) -> None:
-    """Refuse an object that is neither a JSON schema nor a valid shorthand: one with no schema
-    keyword is read as the shorthand, so each of its values must be a field type.
-
-        >>> check_shorthand({"age": "intger"}, "LLM_EXTRACT")
-        Traceback (most recent call last):
-        ...
-        halo_sql.errors.BinderError: LLM_EXTRACT: field 'age' has unknown type 'intger' (field types: string, integer, number, boolean, or a JSON schema with "type")
-    """
-    from halo_sql.errors import BinderError
-
-    if not schema or any(key in _SCHEMA_KEYWORDS for key in schema):
-        return
-    for name, value in schema.items():
-        if isinstance(value, str) and value in SHORTHAND_TYPES:
-            continue
-        if isinstance(value, dict) and ("type" in value or "enum" in value):
-            continue
-        what = f"unknown type {value!r}" if isinstance(value, str) else f"no type ({value!r})"
-        raise BinderError(
-            f"{where}: field {name!r} has {what} (field types: {', '.join(SHORTHAND_TYPES)}, "
-            'or a JSON schema with "type")'
-        )
+from halo_sql.sqltypes import MAX_TOKENS, SHORTHAND_TYPES, check_shorthand, schema_to_arrow  # noqa: E402, F401
 
 
 class LLMFunction(enum.Enum):

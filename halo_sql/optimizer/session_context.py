@@ -34,6 +34,11 @@ class SessionContext:
         self.sample_rows = rows if stats is not None else 0
 
     def run_sql(self, sql: str) -> list[tuple[Any, ...]] | None:
+        # Planning a query shape with sentinel values (halo_sql.parser.shapes): statistics are
+        # those of the real values, so the plan is the one the real query gets.
+        rewrite = getattr(self.session, "statistics_sql", None)
+        if rewrite is not None:
+            sql = rewrite(sql)
         relation = self.session.connection.sql(sql)
         return relation.fetchall() if relation is not None else None
 
