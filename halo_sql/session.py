@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -385,8 +386,9 @@ class Session:
                     None, self._run_plain, root.sql, params, con
                 )
         ctx = ExecutionContext(connections, self.runtime, stats, shared=shared)
+        physical = plan.prepared if plan.prepared is not None else physical_plan(root, self.settings)
         try:
-            table = await execute(physical_plan(root, self.settings), ctx)
+            table = await execute(physical, ctx)
         finally:
             ctx.close()
         if stats.null_failures and self.on_llm_failure == "raise":
@@ -490,7 +492,9 @@ class Session:
                     with contextlib.suppress(HaloError, duckdb.Error):
                         shaped = self._plan(sentinel, sentinel.text, None, batch=True)
                         if instantiate(shaped, shape.substitute).root == plan.root:
-                            shapes[shape.key] = shaped
+                            # Every query of the shape gets this physical plan, values put in.
+                            physical = physical_plan(shaped.root, self.settings)
+                            shapes[shape.key] = dataclasses.replace(shaped, prepared=physical)
                 finally:
                     self.statistics_sql = None
                 return plan

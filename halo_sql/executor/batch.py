@@ -24,16 +24,20 @@ from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
-import sqlglot
-from sqlglot import exp
-from sqlglot.errors import SqlglotError
+from sqlglot.errors import TokenError
+from sqlglot.tokens import TokenType
 
 from halo_sql.errors import HaloError, InternalError
 from halo_sql.executor.duckdb_bridge import duckdb_error
 from halo_sql.executor.engine import ConnectionSource, SubplanCache
 from halo_sql.executor.runtime import ResponseMemo, StatementStats
 from halo_sql.llm import aio
-from halo_sql.parser.statements import is_own_statement, split_explain, split_statements
+from halo_sql.parser.statements import (
+    is_own_statement,
+    split_explain,
+    split_statements,
+    tokens_of,
+)
 
 
 @dataclass
@@ -140,17 +144,53 @@ def is_query(sql: str) -> bool:
     >>> is_query("SELECT 1"), is_query("CREATE TABLE t AS SELECT 1"), is_query("EXPLAIN SELECT 1")
     (True, False, False)
     """
-    statements = split_statements(sql)
+    try:
+        statements = split_statements(sql)
+    except HaloError:
+        return False
     if len(statements) != 1:
         return False
     text = statements[0].text
     if is_own_statement(text) or split_explain(text)[0]:
         return False
     try:
-        tree = sqlglot.parse_one(text, read="duckdb")
-    except SqlglotError:
+        tokens = tokens_of(text)
+    except TokenError:
         return False
-    return isinstance(tree, exp.Query)
+    return _main_keyword(tokens) in _QUERY_STARTS
+
+
+_QUERY_STARTS = {TokenType.SELECT, TokenType.VALUES, TokenType.FROM, TokenType.TABLE}
+
+
+def _main_keyword(tokens: Sequence[Any]) -> Any:
+    """The token type that starts the statement proper: the first one, or after a WITH the first
+    one past its CTE definitions (`WITH a AS (...), b AS (...) SELECT ...`). A leading
+    parenthesis, as in `(SELECT 1) UNION (SELECT 2)`, is skipped."""
+    index = 0
+    while index < len(tokens) and tokens[index].token_type == TokenType.L_PAREN:
+        index += 1
+    if index >= len(tokens):
+        return None
+    if tokens[index].token_type != TokenType.WITH:
+        return tokens[index].token_type
+    depth = 0
+    seen_body = False
+    for token in tokens[index + 1 :]:
+        kind = token.token_type
+        if kind == TokenType.L_PAREN:
+            depth += 1
+            seen_body = True
+        elif kind == TokenType.R_PAREN:
+            depth -= 1
+        elif depth == 0 and seen_body and kind != TokenType.COMMA:
+            if kind in (TokenType.VAR, TokenType.ALIAS, TokenType.RECURSIVE) or token.text.upper() in (
+                "AS", "MATERIALIZED", "NOT"
+            ):
+                seen_body = False  # the next CTE's name and AS
+                continue
+            return kind
+    return None
 
 
 class BatchRun:

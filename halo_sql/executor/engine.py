@@ -39,6 +39,10 @@ from halo_sql.physical import operators as po
 
 T = TypeVar("T")
 
+_SCRATCH: list[duckdb.DuckDBPyConnection] = []
+"""Private in-memory DuckDBs for row-local SQL over batches, free for the next call."""
+_SCRATCH_LOCK = threading.Lock()
+
 _THREADS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="halo-duckdb")
 """DuckDB work (and other blocking work: agent loops, DuckDB steps whose LLM functions wait for
 answers) runs here, never on the loop. Threads are made on demand; a thread blocked in an LLM
@@ -179,8 +183,6 @@ class ExecutionContext:
     tool_cache: Any = None
     """Agent tool calls of this statement (halo_sql.agents.tools.ToolCallCache, made on use)."""
     materialized: dict[str, asyncio.Task[pa.Table]] = field(default_factory=dict)
-    _scratch: threading.local = field(default_factory=threading.local)
-    _scratches: list[duckdb.DuckDBPyConnection] = field(default_factory=list)
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -197,19 +199,21 @@ class ExecutionContext:
         return await asyncio.get_running_loop().run_in_executor(_THREADS, fn, *args)
 
     def scratch_sql(self, sql: str, batch: pa.RecordBatch) -> pa.Table:
-        """`sql` over `batch` (as `__halo_batch`) on a private in-memory DuckDB of this thread."""
-        con = getattr(self._scratch, "con", None)
+        """`sql` over `batch` (as `__halo_batch`) on a private in-memory DuckDB."""
+        # Opening a DuckDB costs milliseconds: a few are kept for every statement and thread
+        # (one holds nothing between calls but the registration of the batch in hand).
+        with _SCRATCH_LOCK:
+            con = _SCRATCH.pop() if _SCRATCH else None
         if con is None:
-            con = self._scratch.con = duckdb.connect()
-            self._scratches.append(con)
-        return scratch_sql(con, sql, batch)
+            con = duckdb.connect()
+        try:
+            return scratch_sql(con, sql, batch)
+        finally:
+            with _SCRATCH_LOCK:
+                _SCRATCH.append(con)
 
     def close(self) -> None:
-        for con in self._scratches:
-            with contextlib.suppress(duckdb.Error):
-                con.close()
-        self._scratches.clear()
-        self._scratch = threading.local()
+        """Release what the statement holds (its scratch DuckDBs are the threads', kept)."""
 
 
 async def execute(op: po.PhysicalOp, ctx: ExecutionContext) -> pa.Table | None:

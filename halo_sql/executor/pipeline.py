@@ -114,9 +114,7 @@ class _SQLRunner:
         if flat.columns is None:  # the batch's own rowid comes first already
             self.sql = f"SELECT {columns} FROM __halo_batch{where}"
         self.input_schema = schema.append(pa.field(_ROWID, pa.int64()))
-        empty = pa.RecordBatch.from_pylist([], schema=self.input_schema)
-        result = ctx.scratch_sql(self.sql, empty)
-        self.schema = pa.schema([f for f in result.schema if f.name != _ROWID])
+        self.schema = _output_schema(ctx, self.sql, self.input_schema)
         self._pending: list[tuple[Row, asyncio.Future[Row | None]]] = []
         self._scheduled = False
 
@@ -157,6 +155,23 @@ class _SQLRunner:
         for i, (_, future) in enumerate(items):
             if not future.done():
                 future.set_result(out.get(i))
+
+
+_SCHEMAS: dict[tuple[str, pa.Schema], pa.Schema] = {}
+
+
+def _output_schema(ctx: ExecutionContext, sql: str, schema: pa.Schema) -> pa.Schema:
+    """The schema of `sql` over batches of `schema`: DuckDB says, over an empty batch (memoized:
+    the queries of a batch ask for the same few)."""
+    key = (sql, schema)
+    found = _SCHEMAS.get(key)
+    if found is None:
+        result = ctx.scratch_sql(sql, pa.RecordBatch.from_pylist([], schema=schema))
+        found = pa.schema([f for f in result.schema if f.name != _ROWID])
+        if len(_SCHEMAS) > 4096:
+            _SCHEMAS.clear()
+        _SCHEMAS[key] = found
+    return found
 
 
 def _identity_source(expression: str, schema: pa.Schema) -> str | None:

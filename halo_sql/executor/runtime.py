@@ -205,6 +205,8 @@ class _Flight:
         )
         self.waiters: list[_Waiter] = []
         self.task: asyncio.Task[Any] | None = None
+        self.started = False
+        """The backend has the request (an abort then reaches the engine)."""
 
     def payer(self) -> _Waiter | None:
         """Who pays: the first waiter still waiting."""
@@ -259,10 +261,12 @@ class ModelQueue:
                     # Answered just as its asker gave up: the engine did the work all the same.
                     response, seconds, _ = flight.future.result()
                     stats.account(response, seconds)
-                elif stats is not None and flight.task is not None and not done:
+                    stats.backend_calls += 1
+                elif stats is not None and flight.started and not done:
                     # It reached the engine: sent, and aborted there (its tokens are unknown).
                     stats.llm_requests += 1
                     stats.aborted_requests += 1
+                    stats.backend_calls += 1
                 self._abandon(flight)
             raise
         payer = flight.payer()
@@ -298,6 +302,7 @@ class ModelQueue:
 
     async def _answer_one(self, flight: _Flight, call: int) -> None:
         began = time.perf_counter()
+        flight.started = True
         try:
             response = await self.backend.agenerate(flight.request, priority=flight.priority)
         except asyncio.CancelledError:
@@ -314,6 +319,8 @@ class ModelQueue:
         requests = [f.request for f in batch]
 
         def answer() -> list[LLMResponse]:
+            for flight in batch:
+                flight.started = True
             with self._batch_lock:  # such backends answer one batch at a time
                 return list(self.backend.generate(requests))
 

@@ -20,7 +20,8 @@ from halo_sql.logical.plan import StatementPlan
 
 
 def instantiate(plan: StatementPlan, substitute: Callable[[str], str]) -> StatementPlan:
-    """`plan` with `substitute` applied to every string it holds."""
+    """`plan` with `substitute` applied to every string it holds (its prepared physical plan
+    too, when it has one)."""
     memo: dict[int, Any] = {}
 
     def visit(value: Any) -> Any:
@@ -47,4 +48,5 @@ def instantiate(plan: StatementPlan, substitute: Callable[[str], str]) -> Statem
         return value
 
     root = visit(plan.root)
-    return StatementPlan(root, plan.notes, plan.optimizer)
+    prepared = visit(plan.prepared) if plan.prepared is not None else None
+    return StatementPlan(root, plan.notes, plan.optimizer, prepared)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,10 +113,21 @@ def parse_answer(output: OutputSpec, text: str) -> Any:
     import jsonschema
 
     try:
-        jsonschema.validate(value, output.schema or {})
+        _validator(output.json_schema or "{}").validate(value)
     except jsonschema.ValidationError as exc:
         raise InvalidAnswer(f"answer does not match the schema: {exc.message}") from None
     return value
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_text: str) -> Any:
+    """A checked validator per schema (`jsonschema.validate` checks the schema on every call)."""
+    import jsonschema
+
+    schema = json.loads(schema_text)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
 
 
 def arrow_type_for(output: OutputSpec) -> pa.DataType:

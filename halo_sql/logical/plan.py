@@ -175,6 +175,9 @@ class StatementPlan:
     notes: tuple[str, ...] = field(default=())
     """Planner decisions worth showing (e.g. why a call runs as a DuckDB function)."""
     optimizer: Any = field(default=None, compare=False, repr=False)
+    prepared: Any = field(default=None, compare=False, repr=False)
+    """The executor-ready form of `root` when it was made already (a batch query whose shape was
+    planned once gets its physical plan instantiated with its values too); None: made on use."""
     """The optimizer's report (halo_sql.optimizer.OptimizerReport: estimates per operator, rules
     fired) for EXPLAIN; None for plans the optimizer did not touch."""
 

@@ -29,9 +29,10 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
-from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import TokenError
 from sqlglot.tokens import TokenType
+
+from halo_sql.parser.statements import tokens_of
 
 _NUMBER_BASE = 8_000_000_000_000
 """Integer sentinels: 13 digits, so no sentinel is a prefix of another."""
@@ -81,7 +82,7 @@ def shape_of(
         ('7',)
     """
     try:
-        tokens = DuckDB().tokenize(sql)
+        tokens = tokens_of(sql)
     except TokenError:
         return None
     names = {n.lower() for n in protected_calls}

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from lark.exceptions import (
 from lark.tree import Meta
 from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.errors import TokenError
+from sqlglot.tokens import Token as SqlToken
 from sqlglot.tokens import TokenType
 
 from halo_sql.errors import ParseError, SourceLocation
@@ -137,10 +139,18 @@ def split_explain(text: str) -> tuple[bool, bool, str | None, str]:
     return True, bool(match.group(1)), (match.group(2) or "text").lower(), text[match.end() :]
 
 
+@functools.lru_cache(maxsize=512)
+def tokens_of(sql: str) -> tuple[SqlToken, ...]:
+    """sqlglot's DuckDB tokens of `sql`, memoized: a batch's query is tokenized once for
+    splitting, classifying and finding its shape (tokenizing is the costly part of each).
+    Raises sqlglot's TokenError."""
+    return tuple(DuckDB().tokenize(sql))
+
+
 def split_statements(script: str) -> list[StatementText]:
     """Statements of a script, split at top-level semicolons (strings and comments respected)."""
     try:
-        tokens = DuckDB().tokenize(script)
+        tokens = tokens_of(script)
     except TokenError as exc:
         raise ParseError(f"cannot tokenize SQL: {exc}") from None
     out: list[StatementText] = []
