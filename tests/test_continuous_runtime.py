@@ -171,3 +171,15 @@ def test_the_runtime_shares_a_request_between_statements_only_while_it_is_in_fli
     c = StatementStats()
     runtime.generate("m", [LLMRequest("same")], c)  # later, not in flight: asked again
     assert c.llm_requests == 1
+
+
+def test_independent_llm_maps_of_a_row_are_asked_together(
+    con: halo_sql.Connection, engine: EventLog
+) -> None:
+    con.sql(
+        "SELECT id, LLM('Judge A: {text}', max_tokens => 16) AS a, "
+        "LLM('Judge B: {text}', max_tokens => 16) AS b FROM notes WHERE id = 1"
+    )
+    kinds = [(kind, prompt.split(":")[0]) for kind, prompt in engine.events]
+    # Both judges start before either answers: they do not wait for each other.
+    assert kinds[:2] == [("start", "Judge A"), ("start", "Judge B")]

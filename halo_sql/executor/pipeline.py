@@ -198,23 +198,42 @@ def _quote(name: str) -> str:
 
 
 class _Runners:
+    """The pipeline's stages as steps a row takes in turn. Consecutive LLM maps that do not read
+    each other's answers are one step: a row asks them all at once (three judges of one listing
+    are asked together, not one after another). Filters stay steps of their own, so no map is
+    asked for a row a filter drops."""
+
     def __init__(self, op: po.RowPipeline, schema: pa.Schema, ctx: ExecutionContext) -> None:
-        self.runners: list[Any] = []
-        self.counters: list[Any] = []
+        self.steps: list[list[tuple[Any, Any]]] = []
+        group_outputs: set[str] | None = None  # outputs of the open group of independent maps
         llm_steps = 0
         for stage in op.stages:
             runner: Any
+            joins_group = (
+                isinstance(stage, po.LLMStage)
+                and not stage.is_filter
+                and group_outputs is not None
+                and not group_outputs & set(stage.arguments)
+            )
             if isinstance(stage, po.LLMStage):
+                if not joins_group:
+                    llm_steps += 1
                 # Later workflow steps first: a row near its end frees its KV cache sooner.
-                runner = _LLMRunner(stage, -llm_steps, ctx)
-                llm_steps += 1
+                runner = _LLMRunner(stage, -(llm_steps - 1), ctx)
             elif isinstance(stage, po.SQLStage):
                 runner = _SQLRunner(stage, schema, ctx)
             else:
                 runner = _ProjectRunner(stage)
             schema = runner.output_schema(schema)
-            self.runners.append(runner)
-            self.counters.append(ctx.counters(stage.origin) if stage.origin else None)
+            counters = ctx.counters(stage.origin) if stage.origin else None
+            output = stage.output_column if isinstance(stage, po.LLMStage) else None
+            if joins_group:
+                self.steps[-1].append((runner, counters))
+                assert group_outputs is not None and output is not None
+                group_outputs.add(output)
+            else:
+                self.steps.append([(runner, counters)])
+                group_outputs = {output} if output is not None else None
         self.schema = schema
         self.filters = any(
             isinstance(s, po.LLMStage) and s.is_filter or isinstance(s, po.SQLStage)
@@ -223,12 +242,19 @@ class _Runners:
 
     async def run(self, row: Row) -> Row | None:
         current: Row | None = row
-        for runner, counters in zip(self.runners, self.counters, strict=True):
-            current = await runner.apply(current)
+        for step in self.steps:
+            if len(step) == 1:
+                runner, counters = step[0]
+                current = await runner.apply(current)
+            else:
+                # Independent maps: each adds its own column to the same row.
+                results = await asyncio.gather(*(runner.apply(current) for runner, _ in step))
+                current = None if any(r is None for r in results) else current
             if current is None:
                 return None
-            if counters is not None:
-                counters.rows += 1
+            for _, counters in step:
+                if counters is not None:
+                    counters.rows += 1
         return current
 
 
