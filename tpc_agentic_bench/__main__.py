@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rates", default="0.5,1,2,4,8",
                      help="arrival rates of --online in queries/s (default 0.5,1,2,4,8)")
     run.add_argument("--seed", type=int, default=0, help="seed of the --online arrivals")
+    run.add_argument("--warm-batch", type=int, default=32,
+                     help="queries of each system's untimed batch warm-up (0: the whole batch; "
+                          "default 32)")
     return parser
 
 
@@ -174,6 +177,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         systems=systems,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
         quick=args.quick,
+        warm_batch=args.warm_batch,
         repeat=args.repeat,
     )
     progress = Progress(enabled=not args.no_progress)

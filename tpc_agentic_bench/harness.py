@@ -98,6 +98,10 @@ class BenchConfig:
     cache_dir: Path | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     quick: bool = False
+    warm_batch: int = 32
+    """Queries of the untimed batch warm-up of each system (0: the whole batch). The engine has
+    seen batch-sized steps after a few dozen queries; warming up on the whole batch doubles a
+    real-model run's time for nothing."""
     repeat: int = 1
     """Runs of each (workload, system), each from a cold prefix cache; the wall time reported is
     their median (the token counts and answers are those of the first run)."""
@@ -287,6 +291,8 @@ class RunState:
     progress: Progress
     workloads: list[Workload]
     repeat: int = 1
+    warm_batch: int = 32
+    """Queries of each system's untimed batch warm-up (BenchConfig.warm_batch)."""
     resets: set[str] = field(default_factory=set)
     tables: dict[str, int] = field(default_factory=dict)
     engine_names: set[str] = field(default_factory=set)
@@ -332,8 +338,8 @@ def open_run(config: BenchConfig, progress: Progress) -> Iterator[RunState]:
         # closing would close the shared database).
         baseline_engines = Engines(con.session.backend, setup.specs())
         yield RunState(setup, database, baseline_engines, PromptTokens(), progress, workloads,
-                       max(1, config.repeat), tables=tables, engine_names=names,
-                       engine_start=engine_start)
+                       max(1, config.repeat), warm_batch=config.warm_batch, tables=tables,
+                       engine_names=names, engine_start=engine_start)
     finally:
         progress.finish()
         try:
@@ -385,8 +391,9 @@ def _run_workload(workload: Workload, systems: Sequence[System], run: RunState) 
     progress = run.progress
     progress.label(f"{workload.key} warm-up")
     sql_systems = [s for s in systems if not isinstance(s, ProgramSystem)]
+    batch = _warm_batch(workload, run)
     for warm in _warm_ups(workload, sql_systems):
-        queries = workload.queries if isinstance(warm, HaloSystem) else workload.queries[: workload.shapes]
+        queries = batch.queries if isinstance(warm, HaloSystem) else workload.queries[: workload.shapes]
         step = _stepper(progress)
         with contextlib.suppress(Exception):  # a failing batch is reported by the measured runs
             _run_system(warm, queries, workload, run, step)
@@ -513,6 +520,11 @@ def _warm_ups(workload: Workload, systems: Sequence[System]) -> list[System]:
     return warm
 
 
+def _warm_batch(workload: Workload, run: RunState) -> Workload:
+    size = run.warm_batch
+    return workload.head(size) if size > 0 else workload
+
+
 def warm_up_queries(workload: Workload, systems: Sequence[System]) -> int:
     """How many queries the warm-up runs (for the progress total)."""
     sql_systems = [s for s in systems if not isinstance(s, ProgramSystem)]
@@ -538,7 +550,8 @@ def _warm_up_program(system: ProgramSystem, workload: Workload, run: RunState) -
             system.run_program(run.engines, router, one, run.database, lambda done: None)
             run.progress.advance(1)
         step = _stepper(run.progress)
-        system.run_program(run.engines, router, workload, run.database, step)
+        batch = _warm_batch(workload, run)
+        system.run_program(run.engines, router, batch, run.database, step)
         run.progress.advance(len(workload.queries) - step.done)
     except Exception:  # noqa: S110 - the measured run reports the failure, with its cause
         pass
