@@ -124,6 +124,7 @@ class Session:
         self._running: set[concurrent.futures.Future[Any]] = set()
         self._batches: set[BatchRun] = set()
         self._online: ConnectionSource | None = None
+        self._online_shapes: dict[str, StatementPlan | None] = {}
         self.registrations: dict[str, Any] = {}
         self.memo_capacity = 50_000
         """Distinct answers a statement remembers for deduplication (bounds its memory)."""
@@ -220,6 +221,7 @@ class Session:
             raise ProgrammingError("parameters can only be bound to a single statement")
         result = Result(None)
         with self._lock:
+            self._online_shapes.clear()  # any statement may change the catalog shapes rely on
             for statement in statements:
                 result = self._execute_one(statement, params, progress)
         return result
@@ -530,7 +532,9 @@ class Session:
         stats = StatementStats(memo=ResponseMemo(self.memo_capacity))
         began = time.perf_counter()
         try:
-            plan = self.plan_for_batch(sql, params, stats)
+            # Arrivals of one shape are planned once (the catalog holds until a statement that
+            # changes state runs: `execute` then forgets the shapes).
+            plan = self.plan_for_batch(sql, params, stats, self._online_shapes)
         except BaseException as exc:
             future.set_exception(exc)
             return future

@@ -247,7 +247,26 @@ def max_model_len(engine: Any) -> int:
 
 
 def shutdown(engine: Any) -> None:
-    """Stop the engine's processes now instead of at interpreter exit."""
+    """Stop the engine's processes now instead of at interpreter exit.
+
+    The output handler task is stopped first, on its own loop: `AsyncLLM.shutdown` stops the
+    engine core before it cancels the handler, which then logs the dead engine as an error."""
+    import asyncio
+    import concurrent.futures
+    import contextlib
+
+    handler = getattr(engine, "output_handler", None)
+    if handler is not None and not handler.done():
+        loop = handler.get_loop()
+
+        async def stop() -> None:
+            handler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await handler
+
+        if loop.is_running():
+            with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+                asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
     engine.shutdown()
     gc.collect()
 
