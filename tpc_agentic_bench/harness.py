@@ -384,6 +384,10 @@ class Measured:
     seconds: float
     own_bound: int
     counters: dict[str, int] | None
+    cpu_seconds: float = 0.0
+    """CPU time of this process (all its threads) during the run: the system's own overhead
+    plus the engine's front end (tokenizing, detokenizing); the engine core's processes are
+    not included. On a shared CPU it is time the model did not get."""
 
 
 def _run_workload(workload: Workload, systems: Sequence[System], run: RunState) -> dict[str, Any]:
@@ -452,6 +456,7 @@ def _run_workload(workload: Workload, systems: Sequence[System], run: RunState) 
             note=outcome.note,
             errors=errors,
             run_seconds=[round(m.seconds, 4) for m in runs[system.name]],
+            cpu_seconds=round(first.cpu_seconds, 2),
             engine_steps=None if counters is None else counters["steps"],
             avg_running_per_step=(
                 round(counters["running_sum"] / counters["steps"], 2)
@@ -616,13 +621,15 @@ def _run_system(
     recorder = Recorder()
     system.prepare(con, recorder)
     before = _halo_counters(con, workload)
+    cpu = time.process_time()
     outcome, seconds = timed(lambda: system.run(con, queries, step))
+    cpu = time.process_time() - cpu
     counters = _delta(_halo_counters(con, workload), before)
     own = sum(
         run.tokens.trie(engine_key(backend), prompts)
         for backend, prompts in recorder.distinct_prompts()
     )
-    return Measured(outcome, seconds, own, counters)
+    return Measured(outcome, seconds, own, counters, cpu)
 
 
 def _run_program_system(
@@ -634,12 +641,14 @@ def _run_program_system(
     run.resets.add(run.engines.reset(router))
     router.prompts.clear()
     before = run.engines.counters(router)
+    cpu = time.process_time()
     outcome, seconds = timed(
         lambda: system.run_program(run.engines, router, workload, run.database, step)
     )
+    cpu = time.process_time() - cpu
     counters = _delta(run.engines.counters(router), before)
     own = sum(run.tokens.trie(engine, prompts) for engine, prompts in router.distinct_prompts())
-    return Measured(outcome, seconds, own, counters)
+    return Measured(outcome, seconds, own, counters, cpu)
 
 
 def _compare(

@@ -26,13 +26,15 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("output tok", "output_tokens", 10),
     ("out/LB", "output_over_lb", 6),
     ("seq/step", "avg_running_per_step", 8),
+    ("cpu s", "cpu_seconds", 6),
     ("x naive", "speedup_vs_naive", 7),
     ("x per_query", "speedup_vs_per_query", 11),
     ("x best", "speedup_vs_best_baseline", 7),
     ("agree", "agreement", 6),
 )
 """The per-system table. `x best`: speedup over the faster of vllm-async and langgraph; the
-`LB` ratios: the system's computed prefill and output tokens over the workload's bound."""
+`LB` ratios: the system's computed prefill and output tokens over the workload's bound; `cpu s`:
+CPU time of the benchmark's own process during the run (the engine core's processes excluded)."""
 
 UNKNOWN = "unknown"
 """How a count the serving side did not report is shown (never as 0)."""
