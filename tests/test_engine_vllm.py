@@ -94,3 +94,16 @@ def test_batch_answers_equal_one_by_one(con: halo_sql.Connection) -> None:
     batch = con.execute_batch(sql, params)
     assert not batch.errors
     assert [t.to_pylist() for t in one_by_one] == [t.to_pylist() for t in batch.tables]  # type: ignore[union-attr]
+
+
+def test_pipelined_chains_in_a_batch_answer_as_one_by_one_in_float32(con: halo_sql.Connection) -> None:
+    """Rows move through a two-step chain on their own, next to other queries' rows: under greedy
+    decoding in float32 (the tiny model's dtype) every answer is the one-by-one answer."""
+    sql = """WITH a AS (SELECT id, LLM('Rewrite politely: {text}', max_tokens => 6) AS r
+                       FROM reviews WHERE id % 4 = $k)
+             SELECT id, r, LLM('Shorten: {r}', max_tokens => 6) AS s FROM a ORDER BY id"""
+    params = [{"k": k} for k in range(4)]
+    one_by_one = [con.sql(sql, p) for p in params]
+    batch = con.execute_batch(sql, params)
+    assert not batch.errors
+    assert [t.to_pylist() for t in one_by_one] == [t.to_pylist() for t in batch.tables]  # type: ignore[union-attr]
