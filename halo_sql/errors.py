@@ -10,8 +10,11 @@ Every message names the place: the SQL line and column, the template, the row or
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import duckdb
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,47 @@ class IncompleteBatchError(ModelError):
 
 class QueryCancelled(OperationalError):
     """The running statement was cancelled (Ctrl-C); answers already paid for are kept."""
+
+
+# -- DuckDB's exceptions as halo errors ------------------------------------------------------------
+# Here, at the bottom of the layers, so that every layer that talks to DuckDB maps its errors the
+# same way (the executor, the agents' catalog and tools, the session).
+
+_ERROR_CLASSES: list[tuple[type[BaseException], type[HaloError]]] = [
+    (duckdb.ParserException, ParseError),
+    (duckdb.BinderException, BinderError),
+    (duckdb.CatalogException, BinderError),
+    (duckdb.ConversionException, DataError),
+    (duckdb.OutOfRangeException, DataError),
+    (duckdb.InvalidInputException, ProgrammingError),
+    (duckdb.ConstraintException, IntegrityError),
+    (duckdb.NotImplementedException, NotSupportedError),
+    (duckdb.InterruptException, QueryCancelled),
+    (duckdb.InternalException, InternalError),
+    (duckdb.ProgrammingError, ProgrammingError),
+    (duckdb.DataError, DataError),
+    (duckdb.IntegrityError, IntegrityError),
+    (duckdb.NotSupportedError, NotSupportedError),
+    (duckdb.OperationalError, OperationalError),
+]
+
+
+def duckdb_error(exc: BaseException) -> HaloError:
+    """The halo error for a DuckDB exception. A HaloError raised inside one of our UDFs reaches
+    us wrapped by DuckDB; it is unwrapped to its own class and message."""
+    text = str(exc)
+    if "Python exception" in text or "UDF" in text:
+        match = re.search(r"\b(\w+Error|QueryCancelled): (.*)", text, re.S)
+        if match:
+            return _halo_class(match.group(1))(match.group(2).strip())
+    for duck_class, halo_class in _ERROR_CLASSES:
+        if isinstance(exc, duck_class):
+            return halo_class(text)
+    return OperationalError(text)
+
+
+def _halo_class(name: str) -> type[HaloError]:
+    found = globals().get(name)
+    return found if isinstance(found, type) and issubclass(found, HaloError) else OperationalError
+
+

@@ -18,9 +18,9 @@ from agent_script import ScriptedBackend, Turn, use_backend
 
 import halo_sql
 from halo_sql.agents import tool_function
-from halo_sql.agents.loop import InvalidReply, parse_reply, reply_schema
 from halo_sql.agents.safety import UnsafeQuery, check_read_only
 from halo_sql.agents.spec import ToolKind, ToolSpec
+from halo_sql.executor.agent_loop import InvalidReply, parse_reply, reply_schema
 from halo_sql.llm.base import LLMResponse
 from halo_sql.logical.plan import AgentCall
 

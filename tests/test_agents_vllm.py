@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 
 import halo_sql
-from halo_sql.agents.loop import parse_reply, reply_schema
 from halo_sql.agents.spec import ToolSpec
+from halo_sql.executor.agent_loop import parse_reply, reply_schema
 from halo_sql.llm.base import DecodingParams, LLMRequest, OutputSpec
 
 pytestmark = pytest.mark.vllm

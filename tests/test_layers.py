@@ -37,3 +37,10 @@ def test_agent_specs_and_tools_do_not_import_the_planner() -> None:
 def test_binding_agent_calls_goes_through_the_planning_scope_only() -> None:
     imported = imports_of(PACKAGE / "logical" / "agent_calls.py")
     assert "halo_sql.logical.builder" not in imported
+
+
+def test_the_agents_package_does_not_import_the_executor() -> None:
+    """Agents are specs, tools and their catalog; running them is the executor's (agent_loop)."""
+    for path in sorted((PACKAGE / "agents").glob("*.py")):
+        executor = {m for m in imports_of(path) if m.startswith("halo_sql.executor")}
+        assert not executor, (path.name, executor)

@@ -26,8 +26,7 @@ from halo_sql.agents.safety import check_read_only, tables_read
 from halo_sql.agents.sandbox import admit
 from halo_sql.agents.spec import AgentSpec, ToolKind, ToolSpec
 from halo_sql.agents.tools import python_parameters, registered_function, registered_names
-from halo_sql.errors import BinderError
-from halo_sql.executor.duckdb_bridge import duckdb_error
+from halo_sql.errors import BinderError, duckdb_error
 from halo_sql.parser.statements import (
     AgentStatement,
     CreateAgent,

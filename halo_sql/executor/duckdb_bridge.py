@@ -6,25 +6,13 @@ Kept in one module because DuckDB's Python API moves between versions (STYLE.md 
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from halo_sql.errors import (
-    BinderError,
-    DataError,
-    HaloError,
-    IntegrityError,
-    InternalError,
-    NotSupportedError,
-    OperationalError,
-    ParseError,
-    ProgrammingError,
-    QueryCancelled,
-)
+from halo_sql.errors import duckdb_error  # noqa: F401  (the executor's entry point to it)
 from halo_sql.executor.llm_eval import evaluate_groups, evaluate_rows
 from halo_sql.executor.runtime import LLMRuntime, StatementStats
 from halo_sql.logical.plan import LLMUdf
@@ -33,46 +21,6 @@ try:  # DuckDB >= 1.4 keeps its type constants here
     from duckdb import sqltypes as _types
 except ImportError:  # pragma: no cover - older DuckDB
     from duckdb import typing as _types  # type: ignore[no-redef,attr-defined]
-
-_ERROR_CLASSES: list[tuple[type[BaseException], type[HaloError]]] = [
-    (duckdb.ParserException, ParseError),
-    (duckdb.BinderException, BinderError),
-    (duckdb.CatalogException, BinderError),
-    (duckdb.ConversionException, DataError),
-    (duckdb.OutOfRangeException, DataError),
-    (duckdb.InvalidInputException, ProgrammingError),
-    (duckdb.ConstraintException, IntegrityError),
-    (duckdb.NotImplementedException, NotSupportedError),
-    (duckdb.InterruptException, QueryCancelled),
-    (duckdb.InternalException, InternalError),
-    (duckdb.ProgrammingError, ProgrammingError),
-    (duckdb.DataError, DataError),
-    (duckdb.IntegrityError, IntegrityError),
-    (duckdb.NotSupportedError, NotSupportedError),
-    (duckdb.OperationalError, OperationalError),
-]
-
-
-def duckdb_error(exc: BaseException) -> HaloError:
-    """The halo error for a DuckDB exception. A HaloError raised inside one of our UDFs reaches
-    us wrapped by DuckDB; it is unwrapped to its own class and message."""
-    text = str(exc)
-    if "Python exception" in text or "UDF" in text:
-        match = re.search(r"\b(\w+Error|QueryCancelled): (.*)", text, re.S)
-        if match:
-            return _halo_class(match.group(1))(match.group(2).strip())
-    for duck_class, halo_class in _ERROR_CLASSES:
-        if isinstance(exc, duck_class):
-            return halo_class(text)
-    return OperationalError(text)
-
-
-def _halo_class(name: str) -> type[HaloError]:
-    import halo_sql.errors as errors
-
-    found = getattr(errors, name, None)
-    return found if isinstance(found, type) and issubclass(found, HaloError) else OperationalError
-
 
 def duckdb_type(arrow_type: pa.DataType) -> Any:
     """The DuckDB type object for an Arrow type produced by LLM functions."""

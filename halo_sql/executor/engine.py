@@ -353,7 +353,7 @@ async def _(op: po.LimitOp, ctx: ExecutionContext) -> AsyncIterator[pa.RecordBat
 
 @_stream.register
 async def _(op: po.AgentLoop, ctx: ExecutionContext) -> AsyncIterator[pa.RecordBatch]:
-    from halo_sql.agents.loop import run_agent_loop
+    from halo_sql.executor.agent_loop import run_agent_loop
 
     # Every step batches all running rows, so the whole input is read first; the loop itself
     # blocks on model answers and tool calls, so it runs in a worker thread.

@@ -151,7 +151,7 @@ class AgentCall(PlanNode):
     """Run an agent for every input row; adds the answer columns, `steps`, `tool_calls`, `error`.
 
     Every step of all rows' runs is one batched model call; tool calls of a step run as a batch
-    (see `halo_sql.agents.loop`). Rows with equal inputs share one run.
+    (see `halo_sql.executor.agent_loop`). Rows with equal inputs share one run.
     """
 
     child: PlanNode

@@ -120,7 +120,7 @@ class LimitOp(PhysicalOp):
 
 @dataclass(frozen=True)
 class AgentLoop(PhysicalOp):
-    """Reads all input rows, then runs their agents step by step (halo_sql.agents.loop)."""
+    """Reads all input rows, then runs their agents step by step (halo_sql.executor.agent_loop)."""
 
     child: PhysicalOp
     agent: AgentSpec
