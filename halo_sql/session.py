@@ -427,7 +427,7 @@ class Session:
         params: Any = None,
         *,
         progress: Callable[[BatchProgress], None] | None = None,
-        **_legacy: Any,
+        max_queries_in_flight: int | None = None,
     ) -> BatchResult:
         """Run a batch of queries as one workload; results come back in input order.
 
@@ -435,7 +435,8 @@ class Session:
         `params` a table of parameter rows (pyarrow Table, pandas DataFrame, list of dicts or
         tuples, or a SQL query whose rows are the parameters). A query that fails gets its
         `error` set; the others still complete. Statements that change state run in input
-        order; the queries between them run concurrently (halo_sql.executor.batch).
+        order; the queries between them run concurrently (halo_sql.executor.batch), all at once
+        unless `max_queries_in_flight` caps how many (1: one after another, for comparisons).
         """
         items = _batch_items(self, queries, params)
         runs = self._batches
@@ -444,7 +445,9 @@ class Session:
             runs.add(run)
 
         try:
-            batch = run_batch(self, items, progress, on_start=started)
+            batch = run_batch(
+                self, items, progress, on_start=started, max_queries_in_flight=max_queries_in_flight
+            )
         finally:
             runs.clear()
         self.last_stats = batch.total_stats()

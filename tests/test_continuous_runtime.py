@@ -183,3 +183,15 @@ def test_independent_llm_maps_of_a_row_are_asked_together(
     kinds = [(kind, prompt.split(":")[0]) for kind, prompt in engine.events]
     # Both judges start before either answers: they do not wait for each other.
     assert kinds[:2] == [("start", "Judge A"), ("start", "Judge B")]
+
+
+def test_a_batch_capped_at_one_query_in_flight_runs_its_queries_one_after_another(
+    con: halo_sql.Connection, engine: EventLog
+) -> None:
+    queries = [f"SELECT id, LLM('Tag: {{text}}', max_tokens => 16) AS t FROM notes WHERE id = {i}" for i in range(3)]
+    batch = con.execute_batch(queries, max_queries_in_flight=1)
+    assert not batch.errors
+    # Each query's request ends before the next query's starts.
+    assert [kind for kind, _ in engine.events] == ["start", "end"] * 3
+    with pytest.raises(halo_sql.ProgrammingError):
+        con.execute_batch(queries, max_queries_in_flight=0)

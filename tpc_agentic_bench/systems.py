@@ -158,17 +158,25 @@ class PerQuerySystem(System):
 class HaloSystem(System):
     """The whole batch through `execute_batch`, optionally with optimizations switched off:
     `disable_rules` through the optimizer's `SET disable_rules`, `batch_options` as keyword
-    arguments of `execute_batch` (e.g. workers=1)."""
+    arguments of `execute_batch` (e.g. max_queries_in_flight=1), `settings` as physical settings."""
 
     disable_rules: tuple[str, ...] = ()
     batch_options: tuple[tuple[str, Any], ...] = ()
+    settings: tuple[tuple[str, Any], ...] = ()
+    """Physical settings to change (halo_sql.physical.planner.PhysicalSettings fields)."""
 
     @property
     def is_ablation(self) -> bool:
-        return bool(self.disable_rules or self.batch_options)
+        return bool(self.disable_rules or self.batch_options or self.settings)
 
     def prepare(self, con: Connection, recorder: Recorder) -> None:
         super().prepare(con, recorder)
+        if self.settings:
+            known = {f.name for f in dataclasses.fields(con.session.settings)}
+            missing = sorted({name for name, _ in self.settings} - known)
+            if missing:
+                raise SystemUnavailable(f"the engine has no physical setting(s) {', '.join(missing)}")
+            con.session.settings = dataclasses.replace(con.session.settings, **dict(self.settings))
         if self.disable_rules:
             known = _rule_names()
             missing = sorted(set(self.disable_rules) - set(known) - {"all"})
@@ -260,6 +268,8 @@ class Ablation:
     """Optimizer rules for `SET disable_rules` ("all": every rule)."""
     batch_options: tuple[tuple[str, Any], ...] = ()
     """Keyword arguments of `execute_batch`."""
+    settings: tuple[tuple[str, Any], ...] = ()
+    """Physical settings of the session (PhysicalSettings fields)."""
     shows: str = ""
 
 
@@ -276,9 +286,18 @@ ABLATIONS: dict[str, Ablation] = {
         shows="stopping an LLM filter under a LIMIT early (W5's top-k)",
     ),
     "halo-sequential": Ablation(
-        batch_options=(("workers", 1),),
-        shows="cross-query coalescing: one worker runs the queries one after another, so the "
-        "batch runtime has only one query's requests to send at a time",
+        batch_options=(("max_queries_in_flight", 1),),
+        shows="running the queries of the batch at once: here one query runs at a time, so the "
+        "engine only ever has one query's requests (answers are still shared across the batch)",
+    ),
+    "halo-no-pipelining": Ablation(
+        settings=(("pipelining", False),),
+        shows="row pipelining through CTE chains: every CTE is materialized before the next "
+        "step starts",
+    ),
+    "halo-fcfs": Ablation(
+        settings=(("step_priority", False),),
+        shows="engine priority for later workflow steps: every request first come, first served",
     ),
 }
 """Ablation systems: halo with one optimization switched off. Add an entry when the engine grows
@@ -364,7 +383,7 @@ def make_system(name: str) -> System:
         ablation = ABLATIONS[name]
         return HaloSystem(
             name, f"halo without {ablation.shows}", disable_rules=ablation.rules,
-            batch_options=ablation.batch_options,
+            batch_options=ablation.batch_options, settings=ablation.settings,
         )
     known = ", ".join(["naive", "per_query", "halo", *ABLATIONS, *PROGRAM_SYSTEMS])
     raise ValueError(f"unknown system {name!r} (choose from {known})")

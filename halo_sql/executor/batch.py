@@ -15,6 +15,7 @@ the queries between two such statements run concurrently.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 import time
@@ -27,7 +28,7 @@ import pyarrow as pa
 from sqlglot.errors import TokenError
 from sqlglot.tokens import TokenType
 
-from halo_sql.errors import HaloError, InternalError
+from halo_sql.errors import HaloError, InternalError, ProgrammingError
 from halo_sql.executor.duckdb_bridge import duckdb_error
 from halo_sql.executor.engine import ConnectionSource, SubplanCache
 from halo_sql.executor.runtime import ResponseMemo, StatementStats
@@ -196,9 +197,18 @@ def _main_keyword(tokens: Sequence[Any]) -> Any:
 class BatchRun:
     """One execution of a batch (`run_batch`), cancellable from another thread."""
 
-    def __init__(self, session: BatchSession, items: Sequence[tuple[str, Any]]) -> None:
+    def __init__(
+        self,
+        session: BatchSession,
+        items: Sequence[tuple[str, Any]],
+        max_queries_in_flight: int | None = None,
+    ) -> None:
+        if max_queries_in_flight is not None and max_queries_in_flight < 1:
+            raise ProgrammingError("max_queries_in_flight must be at least 1")
         self.session = session
         self.items = list(items)
+        self.max_queries_in_flight = max_queries_in_flight
+        self._slots: asyncio.Semaphore | None = None
         self.results = [
             Result(None, StatementStats(), sql) for sql, _ in self.items
         ]
@@ -299,6 +309,22 @@ class BatchRun:
         connections: ConnectionSource,
         shared: SubplanCache,
     ) -> None:
+        if self.max_queries_in_flight is not None:
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self.max_queries_in_flight)
+            async with self._slots:
+                await self._run_query_now(index, plan, params, connections, shared)
+        else:
+            await self._run_query_now(index, plan, params, connections, shared)
+
+    async def _run_query_now(
+        self,
+        index: int,
+        plan: Any,
+        params: Any,
+        connections: ConnectionSource,
+        shared: SubplanCache,
+    ) -> None:
         result = self.results[index]
         began = time.perf_counter()
         try:
@@ -370,9 +396,10 @@ def run_batch(
     items: Sequence[tuple[str, Any]],
     progress: Callable[[BatchProgress], None] | None = None,
     on_start: Callable[[BatchRun], None] | None = None,
+    max_queries_in_flight: int | None = None,
 ) -> BatchResult:
     """Run a batch (see the module docstring); `on_start` receives the run (for cancelling)."""
-    run = BatchRun(session, items)
+    run = BatchRun(session, items, max_queries_in_flight)
     if on_start is not None:
         on_start(run)
     return run.run(progress)

@@ -219,7 +219,7 @@ class _Runners:
                 if not joins_group:
                     llm_steps += 1
                 # Later workflow steps first: a row near its end frees its KV cache sooner.
-                runner = _LLMRunner(stage, -(llm_steps - 1), ctx)
+                runner = _LLMRunner(stage, -(llm_steps - 1) if op.step_priority else 0, ctx)
             elif isinstance(stage, po.SQLStage):
                 runner = _SQLRunner(stage, schema, ctx)
             else:

@@ -101,6 +101,8 @@ class RowPipeline(PhysicalOp):
     """A consumer needs only this many rows: admit input rows at about the pace they pass."""
     max_in_flight: int = 4096
     """Rows admitted but not yet emitted (bounds memory and engine queue)."""
+    step_priority: bool = True
+    """Later LLM steps get a higher engine priority (PhysicalSettings.step_priority)."""
 
     @property
     def children(self) -> tuple[PhysicalOp, ...]:

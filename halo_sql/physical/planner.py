@@ -37,6 +37,9 @@ class PhysicalSettings:
     pipelining: bool = True
     """False: no row-local DuckDB step is fused into a pipeline (every CTE is materialized);
     the answers are the same, the chain waits for whole steps."""
+    step_priority: bool = True
+    """Later workflow steps of a row pipeline get a higher engine priority (rows near their end
+    finish first); False: every request has the same priority (first come, first served)."""
 
 
 class _Context:
@@ -114,7 +117,10 @@ def _extend(
     below = _convert(child, ctx)
     if isinstance(below, po.RowPipeline) and ctx.uses[id(child)] <= 1:
         return dataclasses.replace(below, stages=(*below.stages, stage))
-    return po.RowPipeline(below, (stage,), max_in_flight=ctx.settings.max_rows_in_flight)
+    return po.RowPipeline(
+        below, (stage,), max_in_flight=ctx.settings.max_rows_in_flight,
+        step_priority=ctx.settings.step_priority,
+    )
 
 
 @to_physical.register
