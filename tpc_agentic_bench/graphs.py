@@ -43,6 +43,14 @@ from tpc_agentic_bench.programs import (
     W5_URGENCY,
     W6_EXPLAIN,
     W6_REVIEW,
+    W7_NOTES,
+    W7_PROBLEM,
+    W7_SUMMARY,
+    W7_TONE,
+    W8_MATCH,
+    W8_MATERIALS,
+    W8_NOTES,
+    W8_URGENCY,
     Ask,
     Context,
     ProgramOutcome,
@@ -422,6 +430,182 @@ def _w6_graph() -> Any:
     return graph.compile()
 
 
+# -- W7: per panel, its rows fanned out, each through its LLM steps ------------------------------
+
+
+class PanelRowState(TypedDict, total=False):
+    """One order of a W7 panel: the shape decides its steps (filter, summary, tone)."""
+
+    shape: int
+    rank: int
+    row: dict[str, Any]
+    o_comment: str
+    problem: bool | None
+    summary: str | None
+    tone: str | None
+
+
+W7_COLUMNS = {0: ("o_orderkey", "o_orderdate", "summary"), 1: ("o_orderkey", "o_totalprice", "summary"),
+              2: ("o_orderkey", "summary"), 3: ("o_orderkey", "tone")}
+"""Each W7 panel's output columns."""
+
+
+def _w7_row_graph() -> Any:
+    """shape 2: problem -> (kept) summarize; shape 3: summarize -> tone; else summarize."""
+    from langgraph.graph import END, START, StateGraph
+
+    async def problem(state: PanelRowState, config: RunnableConfig) -> dict[str, Any]:
+        return {"problem": await ask_step(_ask(config), W7_PROBLEM,
+                                          {"o_comment": state["o_comment"]})}
+
+    async def summarize(state: PanelRowState, config: RunnableConfig) -> dict[str, Any]:
+        return {"summary": await ask_step(_ask(config), W7_SUMMARY,
+                                          {"o_comment": state["o_comment"]})}
+
+    async def tone(state: PanelRowState, config: RunnableConfig) -> dict[str, Any]:
+        return {"tone": await ask_step(_ask(config), W7_TONE, {"summary": state["summary"]})}
+
+    graph = StateGraph(PanelRowState)
+    graph.add_node("problem", problem)
+    graph.add_node("summarize", summarize)
+    graph.add_node("tone", tone)
+    graph.add_conditional_edges(
+        START, lambda state: "problem" if state["shape"] == 2 else "summarize",
+        ["problem", "summarize"])
+    graph.add_conditional_edges(
+        "problem", lambda state: "summarize" if state.get("problem") else END, ["summarize", END])
+    graph.add_conditional_edges(
+        "summarize", lambda state: "tone" if state["shape"] == 3 else END, ["tone", END])
+    graph.add_edge("tone", END)
+    return graph.compile()
+
+
+def _w7_graph() -> Any:
+    row_graph = _w7_row_graph()
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        params, ctx = state["params"], _ctx(config)
+        shape = params["shape"]
+        if shape == 0:
+            rows = await ctx.rows(f"SELECT o_orderkey, o_orderdate, o_comment {W7_NOTES} "
+                                  "AND o_custkey = ? ORDER BY o_orderkey", params["custkey"])
+        elif shape == 1:
+            rows = await ctx.rows(f"SELECT o_orderkey, o_totalprice, o_comment {W7_NOTES} "
+                                  "AND o_orderpriority = ? ORDER BY o_totalprice DESC, "
+                                  "o_orderkey LIMIT 3", params["priority"])
+        elif shape == 2:
+            rows = await ctx.rows(f"SELECT o_orderkey, o_comment {W7_NOTES} AND o_custkey = ? "
+                                  "ORDER BY o_orderkey", params["custkey"])
+        else:
+            rows = await ctx.rows(f"SELECT o_orderkey, o_comment {W7_NOTES} "
+                                  "ORDER BY o_orderdate DESC, o_orderkey LIMIT 2")
+        columns = W7_COLUMNS[shape]
+        return {"items": [{"shape": shape, "rank": rank, "o_comment": row[-1],
+                           "row": dict(zip(columns[:len(row) - 1], row[:-1], strict=True))}
+                          for rank, row in enumerate(rows)]}
+
+    async def panel_row(item: PanelRowState, config: RunnableConfig) -> dict[str, Any]:
+        final = await row_graph.ainvoke(item, config)
+        if final["shape"] == 2 and not final.get("problem"):
+            return {"done": []}
+        row = {**final["row"], **{c: final.get(c) for c in W7_COLUMNS[final["shape"]]
+                                  if c not in final["row"]}}
+        return {"done": [{"rank": final["rank"], "row": row}]}
+
+    async def collect(state: QueryState) -> dict[str, Any]:
+        return {"rows": [d["row"] for d in sorted(state.get("done", []), key=lambda d: d["rank"])]}
+
+    from langgraph.graph import END, START, StateGraph
+
+    graph = StateGraph(QueryState)
+    graph.add_node("load", load)
+    graph.add_node("row", panel_row)
+    graph.add_node("collect", collect)
+    graph.add_edge(START, "load")
+    graph.add_conditional_edges("load", _fan_out("row", "collect"), ["row", "collect"])
+    graph.add_edge("row", "collect")
+    graph.add_edge("collect", END)
+    return graph.compile()
+
+
+# -- W8: per note, the join predicate fanned out over the materials, then the urgency -----------
+
+
+class NoteState(TypedDict, total=False):
+    o_orderkey: int
+    o_comment: str
+    materials: list[str]
+    matched: Annotated[list[str], operator.add]
+    """Materials the join predicate accepted (a reducer: the fanned-out checks append)."""
+    urgency: str | None
+
+
+def _w8_note_graph() -> Any:
+    """Send(match) per material -> gather -> urgency only when a material matched (the
+    program's order, `programs.w8`)."""
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import Send
+
+    async def match(item: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        values = {"n.o_comment": item["o_comment"], "m.material": item["material"]}
+        ok = await ask_step(_ask(config), W8_MATCH, values)
+        return {"matched": [item["material"]] if ok else []}
+
+    async def gather(state: NoteState) -> dict[str, Any]:
+        return {}
+
+    async def urgency(state: NoteState, config: RunnableConfig) -> dict[str, Any]:
+        return {"urgency": await ask_step(_ask(config), W8_URGENCY,
+                                          {"n.o_comment": state["o_comment"]})}
+
+    graph = StateGraph(NoteState)
+    graph.add_node("match", match)
+    graph.add_node("gather", gather)
+    graph.add_node("urgency", urgency)
+    graph.add_conditional_edges(
+        START, lambda state: [Send("match", {"o_comment": state["o_comment"], "material": m})
+                              for m in state["materials"]] or "gather", ["match", "gather"])
+    graph.add_edge("match", "gather")
+    graph.add_conditional_edges(
+        "gather", lambda state: "urgency" if state.get("matched") else END, ["urgency", END])
+    graph.add_edge("urgency", END)
+    return graph.compile()
+
+
+def _w8_graph() -> Any:
+    note_graph = _w8_note_graph()
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        ctx = _ctx(config)
+        notes = await ctx.rows(W8_NOTES, state["params"]["custkey"])
+        materials = [material for (material,) in await ctx.rows(W8_MATERIALS)]
+        return {"items": [{"o_orderkey": key, "o_comment": note, "materials": materials,
+                           "matched": []} for key, note in notes]}
+
+    async def note(item: NoteState, config: RunnableConfig) -> dict[str, Any]:
+        final = await note_graph.ainvoke(item, config)
+        if final.get("urgency") != "critical":
+            return {"done": []}
+        return {"done": [{"o_orderkey": final["o_orderkey"], "material": m}
+                         for m in final["matched"]]}
+
+    async def collect(state: QueryState) -> dict[str, Any]:
+        return {"rows": sorted(state.get("done", []),
+                               key=lambda row: (row["o_orderkey"], row["material"]))}
+
+    from langgraph.graph import END, START, StateGraph
+
+    graph = StateGraph(QueryState)
+    graph.add_node("load", load)
+    graph.add_node("note", note)
+    graph.add_node("collect", collect)
+    graph.add_edge(START, "load")
+    graph.add_conditional_edges("load", _fan_out("note", "collect"), ["note", "collect"])
+    graph.add_edge("note", "collect")
+    graph.add_edge("collect", END)
+    return graph.compile()
+
+
 GRAPHS: dict[str, Callable[[], Any]] = {
     "W1": lambda: _chain_graph(("default", "default", "default")),
     "W2": _w2_graph,
@@ -429,6 +613,8 @@ GRAPHS: dict[str, Callable[[], Any]] = {
     "W4": lambda: _chain_graph((SMALL_MODEL, SMALL_MODEL, LARGE_MODEL)),
     "W5": _w5_graph,
     "W6": _w6_graph,
+    "W7": _w7_graph,
+    "W8": _w8_graph,
 }
 """The LangGraph version of each workload that has one, by key (compiled on first use)."""
 

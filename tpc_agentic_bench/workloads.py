@@ -394,10 +394,14 @@ FROM findings""")
 _W7_ROLE = "You summarize order notes for the account dashboard of a wholesale parts supplier. "
 _W7_FROM, _W7_TO = "1995-03-01", "1995-03-16"
 """The dashboard's window: the first half of March 1995 (~950 orders at SF 0.1)."""
+_W7_SUMMARY = _W7_ROLE + "Summarize the order note in one short sentence. Note: {o_comment}"
+_W7_PROBLEM = _W7_ROLE + "Does this order note report a delay or a problem? Note: {o_comment}"
+_W7_TONE = _W7_ROLE + "What is the tone of this summary? Summary: {summary}"
+_W7_PRIORITIES = ("1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW")
 
 
 def _w7_summaries() -> str:
-    summarize = sql_string(_W7_ROLE + "Summarize the order note in one short sentence. Note: {o_comment}")
+    summarize = sql_string(_W7_SUMMARY)
     return f"""WITH notes AS (
     SELECT o_orderkey, o_custkey, o_orderpriority, o_totalprice, o_orderdate, o_comment,
            LLM({summarize}, max_tokens => 16) AS summary
@@ -414,12 +418,13 @@ def w7_dashboard(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
         "ORDER BY (o_custkey * 7919 + 7) % 10007, o_custkey",
         n,
     )]
-    priorities = ["1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW"]
-    problem = sql_string(_W7_ROLE + "Does this order note report a delay or a problem? Note: {o_comment}")
-    tone = sql_string(_W7_ROLE + "What is the tone of this summary? Summary: {summary}")
+    priorities = _W7_PRIORITIES
+    problem, tone = sql_string(_W7_PROBLEM), sql_string(_W7_TONE)
     queries = []
+    params = []
     for i in range(n):
         shape, customer, priority = i % 4, customers[i], priorities[(i // 4) % len(priorities)]
+        params.append({"shape": shape, "custkey": customer, "priority": priority})
         if shape == 0:  # a customer's orders with their summaries
             panel = f"""SELECT o_orderkey, o_orderdate, summary FROM notes
 WHERE o_custkey = {customer} ORDER BY o_orderkey"""
@@ -444,19 +449,21 @@ FROM notes ORDER BY o_orderdate DESC, o_orderkey LIMIT 2"""
         "problem orders (LLM filter), the tone of the latest summaries",
         tuple(queries),
         shapes=min(4, n),
+        params=tuple(params),
     )
 
 
 # -- W8 semantic join ----------------------------------------------------------------------------
 
 _W8_ROLE = "You review order notes of a wholesale parts supplier. "
+_W8_MATCH = _W8_ROLE + "Could the order note \"{n.o_comment}\" be about parts made of {m.material}?"
+_W8_URGENCY = _W8_ROLE + "How urgent is this order note? Note: {n.o_comment}"
+_W8_LEVELS = ("low", "medium", "high", "critical")
 
 
 def w8_semantic_join(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
-    match = sql_string(
-        _W8_ROLE + "Could the order note \"{n.o_comment}\" be about parts made of {m.material}?"
-    )
-    urgency = sql_string(_W8_ROLE + "How urgent is this order note? Note: {n.o_comment}")
+    match, urgency = sql_string(_W8_MATCH), sql_string(_W8_URGENCY)
+    customers = _customers(con, n, salt=8)
     queries = tuple(
         f"""WITH notes AS (
     SELECT o_orderkey, o_comment FROM orders WHERE o_custkey = {customer}
@@ -468,7 +475,7 @@ FROM notes AS n, materials AS m
 WHERE LLM_FILTER({match})
   AND LLM_CLASSIFY({urgency}, ['low', 'medium', 'high', 'critical']) = 'critical'
 ORDER BY n.o_orderkey, m.material"""
-        for customer in _customers(con, n, salt=8)
+        for customer in customers
     )
     return Workload(
         "W8",
@@ -476,6 +483,7 @@ ORDER BY n.o_orderkey, m.material"""
         "per customer: order notes joined with part materials by an LLM predicate over the "
         "pairs, plus a per-note urgency classification (written after the join predicate)",
         queries,
+        params=tuple({"custkey": c} for c in customers),
     )
 
 
