@@ -574,7 +574,15 @@ Program = Callable[[Context, Mapping[str, Any]], Awaitable[list[dict[str, Any]]]
 PROGRAMS: dict[str, Program] = {
     "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8,
 }
-"""The plain program of each workload that has one, by workload key."""
+"""The plain program of each row workload, by key (the agent workloads' are in
+`agent_programs.AGENT_PROGRAMS`; `all_programs()` has both)."""
+
+
+def all_programs() -> dict[str, Program]:
+    """Every workload's plain program by key: the row workloads' and the agent workloads'."""
+    from tpc_agentic_bench.agent_programs import AGENT_PROGRAMS  # it builds on this module
+
+    return {**PROGRAMS, **AGENT_PROGRAMS}
 
 
 # -- running a batch ---------------------------------------------------------------------------
@@ -591,7 +599,7 @@ class ProgramOutcome:
 
 def program_for(workload: Workload) -> Program:
     """The plain program of `workload`; ValueError when it has none (or no parameters)."""
-    program = PROGRAMS.get(workload.key)
+    program = all_programs().get(workload.key)
     if program is None or len(workload.params) != len(workload.queries):
         raise ValueError(f"workload {workload.key} has no plain-program version")
     return program
