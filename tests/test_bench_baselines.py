@@ -1,12 +1,13 @@
 """The baselines a user would run instead of halo (issue 10), on the sim backend: the plain
 asyncio programs (`vllm-async`) and the LangGraph graphs (`langgraph`, against the sim-backed
 OpenAI-compatible stand-in server) answer as halo does, the workload's lower bound comes from the
-workload alone, and the scaling and online modes run.
+workload alone, and the scaling and online modes run. The agent workloads run as asyncio and
+LangGraph tool loops with halo's agent prompts.
 
-Where halo still moves a template's values after its text (a slot followed by more text), its
-prompts differ from the programs' in-place ones and so do the sim's answers: the tests that need
-equal prompts make halo render in place first, as it will by default (`_in_place`), and one test
-pins agreement on W3 and W5, whose templates end with their slots, with halo as it is.
+The tests that need equal prompts make sure halo renders every template in place, as it does by
+default (`_in_place`, a no-op then; were halo to move a template's values after its text, its
+prompts and the sim's answers would differ from the programs'), and one test pins agreement on W3
+and W5, whose templates end with their slots, with halo as it is.
 """
 
 from __future__ import annotations
