@@ -263,7 +263,10 @@ def test_speedups_against_the_best_baseline(report: dict[str, Any]) -> None:
         assert rows["halo"]["best_baseline"] == best
         assert rows[best]["speedup_vs_best_baseline"] == 1.0
         expected = rows[best]["seconds"] / rows["halo"]["seconds"]
-        assert rows["halo"]["speedup_vs_best_baseline"] == pytest.approx(expected, rel=0.01)
+        # The report rounds speedups to 3 decimals (and seconds to 4): ratios far below 1 (the
+        # sim's program baselines take milliseconds) are only that exact.
+        assert rows["halo"]["speedup_vs_best_baseline"] == pytest.approx(expected, rel=0.01,
+                                                                          abs=5e-4)
     text = format_report(report)
     assert "x best" in text and "workload bound" in text and "x best baseline" in text
 
