@@ -26,6 +26,20 @@ import duckdb
 import pyarrow as pa
 from langchain_core.runnables import RunnableConfig
 
+from tpc_agentic_bench.agent_programs import (
+    W2A_ANALYST,
+    W2A_CRITIC,
+    W2A_REVISER,
+    W3A_JUDGES,
+    W5A_ANALYST,
+    W6A_REVIEWER,
+    Agent,
+    AgentRun,
+    SqlTool,
+    input_json,
+    take_turn,
+    tool_entry,
+)
 from tpc_agentic_bench.programs import (
     W1_RECENT,
     W2_ANSWER,
@@ -43,6 +57,14 @@ from tpc_agentic_bench.programs import (
     W5_URGENCY,
     W6_EXPLAIN,
     W6_REVIEW,
+    W7_NOTES,
+    W7_PROBLEM,
+    W7_SUMMARY,
+    W7_TONE,
+    W8_MATCH,
+    W8_MATERIALS,
+    W8_NOTES,
+    W8_URGENCY,
     Ask,
     Context,
     ProgramOutcome,
@@ -422,6 +444,414 @@ def _w6_graph() -> Any:
     return graph.compile()
 
 
+# -- W7: per panel, its rows fanned out, each through its LLM steps ------------------------------
+
+
+class PanelRowState(TypedDict, total=False):
+    """One order of a W7 panel: the shape decides its steps (filter, summary, tone)."""
+
+    shape: int
+    rank: int
+    row: dict[str, Any]
+    o_comment: str
+    problem: bool | None
+    summary: str | None
+    tone: str | None
+
+
+W7_COLUMNS = {0: ("o_orderkey", "o_orderdate", "summary"), 1: ("o_orderkey", "o_totalprice", "summary"),
+              2: ("o_orderkey", "summary"), 3: ("o_orderkey", "tone")}
+"""Each W7 panel's output columns."""
+
+
+def _w7_row_graph() -> Any:
+    """shape 2: problem -> (kept) summarize; shape 3: summarize -> tone; else summarize."""
+    from langgraph.graph import END, START, StateGraph
+
+    async def problem(state: PanelRowState, config: RunnableConfig) -> dict[str, Any]:
+        return {"problem": await ask_step(_ask(config), W7_PROBLEM,
+                                          {"o_comment": state["o_comment"]})}
+
+    async def summarize(state: PanelRowState, config: RunnableConfig) -> dict[str, Any]:
+        return {"summary": await ask_step(_ask(config), W7_SUMMARY,
+                                          {"o_comment": state["o_comment"]})}
+
+    async def tone(state: PanelRowState, config: RunnableConfig) -> dict[str, Any]:
+        return {"tone": await ask_step(_ask(config), W7_TONE, {"summary": state["summary"]})}
+
+    graph = StateGraph(PanelRowState)
+    graph.add_node("problem", problem)
+    graph.add_node("summarize", summarize)
+    graph.add_node("tone", tone)
+    graph.add_conditional_edges(
+        START, lambda state: "problem" if state["shape"] == 2 else "summarize",
+        ["problem", "summarize"])
+    graph.add_conditional_edges(
+        "problem", lambda state: "summarize" if state.get("problem") else END, ["summarize", END])
+    graph.add_conditional_edges(
+        "summarize", lambda state: "tone" if state["shape"] == 3 else END, ["tone", END])
+    graph.add_edge("tone", END)
+    return graph.compile()
+
+
+def _w7_graph() -> Any:
+    row_graph = _w7_row_graph()
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        params, ctx = state["params"], _ctx(config)
+        shape = params["shape"]
+        if shape == 0:
+            rows = await ctx.rows(f"SELECT o_orderkey, o_orderdate, o_comment {W7_NOTES} "
+                                  "AND o_custkey = ? ORDER BY o_orderkey", params["custkey"])
+        elif shape == 1:
+            rows = await ctx.rows(f"SELECT o_orderkey, o_totalprice, o_comment {W7_NOTES} "
+                                  "AND o_orderpriority = ? ORDER BY o_totalprice DESC, "
+                                  "o_orderkey LIMIT 3", params["priority"])
+        elif shape == 2:
+            rows = await ctx.rows(f"SELECT o_orderkey, o_comment {W7_NOTES} AND o_custkey = ? "
+                                  "ORDER BY o_orderkey", params["custkey"])
+        else:
+            rows = await ctx.rows(f"SELECT o_orderkey, o_comment {W7_NOTES} "
+                                  "ORDER BY o_orderdate DESC, o_orderkey LIMIT 2")
+        columns = W7_COLUMNS[shape]
+        return {"items": [{"shape": shape, "rank": rank, "o_comment": row[-1],
+                           "row": dict(zip(columns[:len(row) - 1], row[:-1], strict=True))}
+                          for rank, row in enumerate(rows)]}
+
+    async def panel_row(item: PanelRowState, config: RunnableConfig) -> dict[str, Any]:
+        final = await row_graph.ainvoke(item, config)
+        if final["shape"] == 2 and not final.get("problem"):
+            return {"done": []}
+        row = {**final["row"], **{c: final.get(c) for c in W7_COLUMNS[final["shape"]]
+                                  if c not in final["row"]}}
+        return {"done": [{"rank": final["rank"], "row": row}]}
+
+    async def collect(state: QueryState) -> dict[str, Any]:
+        return {"rows": [d["row"] for d in sorted(state.get("done", []), key=lambda d: d["rank"])]}
+
+    from langgraph.graph import END, START, StateGraph
+
+    graph = StateGraph(QueryState)
+    graph.add_node("load", load)
+    graph.add_node("row", panel_row)
+    graph.add_node("collect", collect)
+    graph.add_edge(START, "load")
+    graph.add_conditional_edges("load", _fan_out("row", "collect"), ["row", "collect"])
+    graph.add_edge("row", "collect")
+    graph.add_edge("collect", END)
+    return graph.compile()
+
+
+# -- W8: per note, the join predicate fanned out over the materials, then the urgency -----------
+
+
+class NoteState(TypedDict, total=False):
+    o_orderkey: int
+    o_comment: str
+    materials: list[str]
+    matched: Annotated[list[str], operator.add]
+    """Materials the join predicate accepted (a reducer: the fanned-out checks append)."""
+    urgency: str | None
+
+
+def _w8_note_graph() -> Any:
+    """Send(match) per material -> gather -> urgency only when a material matched (the
+    program's order, `programs.w8`)."""
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import Send
+
+    async def match(item: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        values = {"n.o_comment": item["o_comment"], "m.material": item["material"]}
+        ok = await ask_step(_ask(config), W8_MATCH, values)
+        return {"matched": [item["material"]] if ok else []}
+
+    async def gather(state: NoteState) -> dict[str, Any]:
+        return {}
+
+    async def urgency(state: NoteState, config: RunnableConfig) -> dict[str, Any]:
+        return {"urgency": await ask_step(_ask(config), W8_URGENCY,
+                                          {"n.o_comment": state["o_comment"]})}
+
+    graph = StateGraph(NoteState)
+    graph.add_node("match", match)
+    graph.add_node("gather", gather)
+    graph.add_node("urgency", urgency)
+    graph.add_conditional_edges(
+        START, lambda state: [Send("match", {"o_comment": state["o_comment"], "material": m})
+                              for m in state["materials"]] or "gather", ["match", "gather"])
+    graph.add_edge("match", "gather")
+    graph.add_conditional_edges(
+        "gather", lambda state: "urgency" if state.get("matched") else END, ["urgency", END])
+    graph.add_edge("urgency", END)
+    return graph.compile()
+
+
+def _w8_graph() -> Any:
+    note_graph = _w8_note_graph()
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        ctx = _ctx(config)
+        notes = await ctx.rows(W8_NOTES, state["params"]["custkey"])
+        materials = [material for (material,) in await ctx.rows(W8_MATERIALS)]
+        return {"items": [{"o_orderkey": key, "o_comment": note, "materials": materials,
+                           "matched": []} for key, note in notes]}
+
+    async def note(item: NoteState, config: RunnableConfig) -> dict[str, Any]:
+        final = await note_graph.ainvoke(item, config)
+        if final.get("urgency") != "critical":
+            return {"done": []}
+        return {"done": [{"o_orderkey": final["o_orderkey"], "material": m}
+                         for m in final["matched"]]}
+
+    async def collect(state: QueryState) -> dict[str, Any]:
+        return {"rows": sorted(state.get("done", []),
+                               key=lambda row: (row["o_orderkey"], row["material"]))}
+
+    from langgraph.graph import END, START, StateGraph
+
+    graph = StateGraph(QueryState)
+    graph.add_node("load", load)
+    graph.add_node("note", note)
+    graph.add_node("collect", collect)
+    graph.add_edge(START, "load")
+    graph.add_conditional_edges("load", _fan_out("note", "collect"), ["note", "collect"])
+    graph.add_edge("note", "collect")
+    graph.add_edge("collect", END)
+    return graph.compile()
+
+
+# -- agents: the tool loop as a graph (model <-> tool), the workloads around it -----------------
+
+
+class AgentState(TypedDict, total=False):
+    """One agent run over one input row (`agent_programs.run_agent` as a graph)."""
+
+    agent: Agent
+    input_json: str
+    transcript: list[str]
+    step: int
+    calls: int
+    pending: tuple[SqlTool, dict[str, Any]] | None
+    """The tool call the last reply asked for, not run yet."""
+    done: bool
+    answer: Any
+    error: str | None
+
+
+@functools.cache
+def agent_loop_graph() -> Any:
+    """The tool loop LangGraph users write: a model node, and a tool node it loops through until
+    the model answers (or an invalid reply sends it back to the model with a note)."""
+    from langgraph.graph import END, START, StateGraph
+
+    async def model(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        step = state.get("step", 0) + 1
+        transcript = state.get("transcript", [])
+        turn = await take_turn(_ask(config), state["agent"], state["input_json"], transcript, step)
+        update: dict[str, Any] = {"step": step, "done": turn.done, "answer": turn.answer,
+                                  "error": turn.error, "pending": None}
+        if turn.tool is not None:
+            update["pending"] = (turn.tool, turn.arguments)
+        elif turn.note is not None:
+            update["transcript"] = [*transcript, turn.note]
+        return update
+
+    async def tool(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
+        assert state["pending"] is not None
+        sql_tool, arguments = state["pending"]
+        observation = await sql_tool.call(_ctx(config).database, arguments)
+        entry = tool_entry(state["step"], sql_tool, arguments, observation)
+        return {"transcript": [*state.get("transcript", []), entry], "pending": None,
+                "calls": state.get("calls", 0) + 1}
+
+    def route(state: AgentState) -> str:
+        if state.get("done"):
+            return END
+        return "tool" if state.get("pending") is not None else "model"
+
+    graph = StateGraph(AgentState)
+    graph.add_node("model", model)
+    graph.add_node("tool", tool)
+    graph.add_edge(START, "model")
+    graph.add_conditional_edges("model", route, ["model", "tool", END])
+    graph.add_edge("tool", "model")
+    return graph.compile()
+
+
+async def run_agent_graph(agent: Agent, row: Mapping[str, Any], config: RunnableConfig) -> AgentRun:
+    """One agent run through the tool-loop graph."""
+    final = await agent_loop_graph().ainvoke(
+        {"agent": agent, "input_json": input_json(row), "transcript": [], "step": 0, "calls": 0},
+        config,
+    )
+    return AgentRun(final.get("answer"), final["step"], final.get("calls", 0), final.get("error"))
+
+
+class ReflectionState(TypedDict, total=False):
+    """W2A per order: analyst -> critic -> reviser (when the critic did not say ok)."""
+
+    o_orderkey: int
+    question: str
+    draft: str | None
+    ok: bool | None
+    critique: str | None
+    final: str | None
+
+
+def _w2a_order_graph() -> Any:
+    from langgraph.graph import END, START, StateGraph
+
+    async def analyst(state: ReflectionState, config: RunnableConfig) -> dict[str, Any]:
+        row = {"o_orderkey": state["o_orderkey"], "question": state["question"]}
+        draft = (await run_agent_graph(W2A_ANALYST, row, config)).answer
+        return {"draft": draft, "final": draft}
+
+    async def critic(state: ReflectionState, config: RunnableConfig) -> dict[str, Any]:
+        row = {k: state.get(k) for k in ("o_orderkey", "question", "draft")}
+        run = await run_agent_graph(W2A_CRITIC, row, config)
+        return {"ok": run.get("ok"), "critique": run.get("critique")}
+
+    async def reviser(state: ReflectionState, config: RunnableConfig) -> dict[str, Any]:
+        row = {k: state.get(k) for k in ("o_orderkey", "question", "draft", "ok", "critique")}
+        revision = (await run_agent_graph(W2A_REVISER, row, config)).answer
+        return {} if revision is None else {"final": revision}
+
+    graph = StateGraph(ReflectionState)
+    for name, node in (("analyst", analyst), ("critic", critic), ("reviser", reviser)):
+        graph.add_node(name, node)
+    graph.add_edge(START, "analyst")
+    graph.add_edge("analyst", "critic")
+    graph.add_conditional_edges("critic", lambda state: END if state.get("ok") else "reviser",
+                                ["reviser", END])
+    graph.add_edge("reviser", END)
+    return graph.compile()
+
+
+def _w2a_graph() -> Any:
+    order_graph = _w2a_order_graph()
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        questions = await _ctx(config).rows(W2_QUESTIONS, state["params"]["custkey"])
+        return {"items": [{"o_orderkey": key, "question": q} for key, q in questions]}
+
+    async def order(item: ReflectionState, config: RunnableConfig) -> dict[str, Any]:
+        final = await order_graph.ainvoke(item, config)
+        return {"done": [{k: final.get(k)
+                          for k in ("o_orderkey", "draft", "ok", "critique", "final")}]}
+
+    return _map_graph(load, order, "o_orderkey")
+
+
+def _w3a_panel_graph() -> Any:
+    """W3's panel with the judges as agents: three judge nodes in parallel, then the chair."""
+    from langgraph.graph import END, START, StateGraph
+
+    graph = StateGraph(PanelState)
+    for name, agent in W3A_JUDGES:
+
+        async def judge(state: PanelState, config: RunnableConfig, name: str = name,
+                        agent: Agent = agent) -> dict[str, Any]:
+            row = {"p_partkey": state["p_partkey"], "item": state["item"]}
+            answer = (await run_agent_graph(agent, row, config)).answer
+            return {"votes": {name: None if answer is None else f"{name}: {answer}"}}
+
+        graph.add_node(f"judge_{name}", judge)
+        graph.add_edge(START, f"judge_{name}")
+        graph.add_edge(f"judge_{name}", "chair")
+
+    async def chair(state: PanelState, config: RunnableConfig) -> dict[str, Any]:
+        votes = [state["votes"].get(name) for name, _ in W3A_JUDGES]
+        return {"decision": await ask_reduce(_ask(config), W3_CHAIR, votes)}
+
+    graph.add_node("chair", chair)
+    graph.add_edge("chair", END)
+    return graph.compile()
+
+
+def _w3a_graph() -> Any:
+    panel = _w3a_panel_graph()
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        params = state["params"]
+        listings = await _ctx(config).rows(W3_LISTINGS, params["brand"], params["size"])
+        return {"items": [{"p_partkey": key, "item": item, "votes": {}} for key, item in listings]}
+
+    async def listing(item: PanelState, config: RunnableConfig) -> dict[str, Any]:
+        final = await panel.ainvoke(item, config)
+        return {"done": [{"p_partkey": final["p_partkey"], "decision": final.get("decision")}]}
+
+    return _map_graph(load, listing, "p_partkey")
+
+
+def _w5a_graph() -> Any:
+    """load the top-3 orders -> Send(judge) per order -> fan-in: count the verdicts (shape 0)
+    or list them with the customer's name (shape 1)."""
+    from langgraph.graph import END, START, StateGraph
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        params = state["params"]
+        orders = await _ctx(config).rows(
+            f"SELECT o_orderkey, o_custkey, o_orderpriority, o_comment, c_name {W5_ORDERS} "
+            "ORDER BY o_totalprice DESC, o_orderkey LIMIT 3", *_w5_args(params))
+        return {"items": [{"rank": rank, "c_name": name,
+                           "row": {"o_orderkey": key, "o_custkey": cust,
+                                   "o_orderpriority": priority, "o_comment": note}}
+                          for rank, (key, cust, priority, note, name) in enumerate(orders)]}
+
+    async def judge(item: dict[str, Any], config: RunnableConfig) -> dict[str, Any]:
+        run = await run_agent_graph(W5A_ANALYST, item["row"], config)
+        return {"done": [{**item, "verdict": run.answer, "steps": run.steps}]}
+
+    async def report(state: QueryState) -> dict[str, Any]:
+        judged = sorted(state.get("done", []), key=lambda d: d["rank"])
+        if state["params"]["shape"] == 1:
+            return {"rows": [{"o_orderkey": d["row"]["o_orderkey"], "c_name": d["c_name"],
+                              "verdict": d["verdict"], "steps": d["steps"]} for d in judged]}
+        groups: dict[str | None, list[int]] = {}
+        for d in judged:
+            groups.setdefault(d["verdict"], []).append(d["row"]["o_orderkey"])
+        ordered = sorted(groups, key=lambda verdict: (verdict is None, verdict or ""))
+        return {"rows": [{"verdict": v, "orders": len(groups[v]), "first_order": min(groups[v])}
+                         for v in ordered]}
+
+    graph = StateGraph(QueryState)
+    graph.add_node("load", load)
+    graph.add_node("judge", judge)
+    graph.add_node("report", report)
+    graph.add_edge(START, "load")
+    graph.add_conditional_edges("load", _fan_out("judge", "report"), ["judge", "report"])
+    graph.add_edge("judge", "report")
+    graph.add_edge("report", END)
+    return graph.compile()
+
+
+def _w6a_graph() -> Any:
+    from langgraph.graph import END, START, StateGraph
+
+    async def load(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        customers = await _ctx(config).rows(
+            "SELECT c_custkey, c_name, c_mktsegment FROM customer WHERE c_custkey = ?",
+            state["params"]["custkey"])
+        return {"items": [{"c_custkey": k, "c_name": n, "c_mktsegment": s}
+                          for k, n, s in customers]}
+
+    async def review(state: QueryState, config: RunnableConfig) -> dict[str, Any]:
+        rows = []
+        for row in state.get("items", []):
+            run = await run_agent_graph(W6A_REVIEWER, row, config)
+            rows.append({"c_custkey": row["c_custkey"], "review": run.answer, "steps": run.steps,
+                         "calls": run.tool_calls})
+        return {"rows": rows}
+
+    graph = StateGraph(QueryState)
+    graph.add_node("load", load)
+    graph.add_node("review", review)
+    graph.add_edge(START, "load")
+    graph.add_edge("load", "review")
+    graph.add_edge("review", END)
+    return graph.compile()
+
+
 GRAPHS: dict[str, Callable[[], Any]] = {
     "W1": lambda: _chain_graph(("default", "default", "default")),
     "W2": _w2_graph,
@@ -429,6 +859,12 @@ GRAPHS: dict[str, Callable[[], Any]] = {
     "W4": lambda: _chain_graph((SMALL_MODEL, SMALL_MODEL, LARGE_MODEL)),
     "W5": _w5_graph,
     "W6": _w6_graph,
+    "W7": _w7_graph,
+    "W8": _w8_graph,
+    "W2A": _w2a_graph,
+    "W3A": _w3a_graph,
+    "W5A": _w5a_graph,
+    "W6A": _w6a_graph,
 }
 """The LangGraph version of each workload that has one, by key (compiled on first use)."""
 

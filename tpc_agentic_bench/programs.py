@@ -47,6 +47,14 @@ from tpc_agentic_bench.workloads import (
     _W3_JUDGES,
     _W5_ROLE,
     _W6_TOOLS,
+    _W7_FROM,
+    _W7_PROBLEM,
+    _W7_SUMMARY,
+    _W7_TO,
+    _W7_TONE,
+    _W8_LEVELS,
+    _W8_MATCH,
+    _W8_URGENCY,
     LARGE_MODEL,
     SMALL_MODEL,
     Workload,
@@ -113,12 +121,12 @@ class Tally:
 
 # -- prompts and answers, as the program writes them ---------------------------------------------
 
-_SLOT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SLOT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\}")
 
 
 def render(template: str, values: Mapping[str, str]) -> str:
-    """The template with each `{name}` replaced by its value, in place (one pass: braces inside
-    values stay as they are)."""
+    """The template with each `{name}` (or qualified `{alias.name}`) replaced by its value, in
+    place (one pass: braces inside values stay as they are)."""
     return _SLOT.sub(lambda m: values[m.group(1)], template)
 
 
@@ -244,7 +252,9 @@ class Context:
     ask: Ask
     database: duckdb.DuckDBPyConnection
     eager: bool = True
-    """How LIMIT over an LLM filter runs (see `first_k`)."""
+    """True: the program as an application developer writes it. False: the workload's logical
+    run (`bound.py`), which asks the fewest requests: LIMIT over an LLM filter one row at a time
+    (see `first_k`), W8's conjunction with its per-note predicate first."""
 
     async def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """The rows of a SQL query, run on a DuckDB cursor in a worker thread (the event loop
@@ -455,10 +465,124 @@ async def w6(ctx: Context, params: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"c_custkey": custkey, "review": await ask_reduce(ctx.ask, W6_REVIEW, findings)}]
 
 
+# -- W7: dashboard panels over the half month's order summaries ----------------------------------
+
+W7_NOTES = f"""FROM orders
+WHERE o_orderdate >= DATE '{_W7_FROM}' AND o_orderdate < DATE '{_W7_TO}'"""
+
+W7_SUMMARY = Step(_W7_SUMMARY, max_tokens=16)
+W7_PROBLEM = Step(_W7_PROBLEM, OutputSpec.boolean(), 2)
+W7_TONE = Step(_W7_TONE, OutputSpec.choice(["calm", "concerned", "upset"]), 16)
+
+
+async def w7_summary(ask: Ask, note: str) -> str | None:
+    return await ask_step(ask, W7_SUMMARY, {"o_comment": note})  # type: ignore[no-any-return]
+
+
+async def w7(ctx: Context, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One dashboard panel. The SQL's CTE summarizes every order of the half month, but each
+    panel shows a handful of them and picks them without looking at a summary (a customer, a
+    priority's top 3 by price, the latest 2 by date). So the developer's program fetches the
+    panel's rows with that SQL and summarizes those, as the panel's own work: it computes what
+    the query asks for and nothing else, and shares nothing with the other panels of the batch
+    but the engine's prefix cache (a panel that shows an order another panel shows summarizes it
+    again). Shape 2 (the LLM filter) asks about each of the customer's orders, then summarizes
+    the ones it keeps; shape 3 summarizes the latest two, then asks each summary's tone."""
+    shape, ask = params["shape"], ctx.ask
+    if shape == 0:  # a customer's orders with their summaries
+        rows = await ctx.rows(f"SELECT o_orderkey, o_orderdate, o_comment {W7_NOTES} "
+                              "AND o_custkey = ? ORDER BY o_orderkey", params["custkey"])
+        summaries = await asyncio.gather(*(w7_summary(ask, note) for _, _, note in rows))
+        return [{"o_orderkey": key, "o_orderdate": day, "summary": summary}
+                for (key, day, _), summary in zip(rows, summaries, strict=True)]
+    if shape == 1:  # the largest orders of one priority
+        rows = await ctx.rows(f"SELECT o_orderkey, o_totalprice, o_comment {W7_NOTES} "
+                              "AND o_orderpriority = ? ORDER BY o_totalprice DESC, o_orderkey "
+                              "LIMIT 3", params["priority"])
+        summaries = await asyncio.gather(*(w7_summary(ask, note) for _, _, note in rows))
+        return [{"o_orderkey": key, "o_totalprice": price, "summary": summary}
+                for (key, price, _), summary in zip(rows, summaries, strict=True)]
+    if shape == 2:  # a customer's orders whose note reports a problem
+
+        async def problem_order(key: int, note: str) -> dict[str, Any] | None:
+            if not await ask_step(ask, W7_PROBLEM, {"o_comment": note}):
+                return None
+            return {"o_orderkey": key, "summary": await w7_summary(ask, note)}
+
+        rows = await ctx.rows(f"SELECT o_orderkey, o_comment {W7_NOTES} AND o_custkey = ? "
+                              "ORDER BY o_orderkey", params["custkey"])
+        kept = await asyncio.gather(*(problem_order(key, note) for key, note in rows))
+        return [row for row in kept if row is not None]
+    # shape 3: the tone of the latest summaries
+
+    async def tone(key: int, note: str) -> dict[str, Any]:
+        summary = await w7_summary(ask, note)
+        return {"o_orderkey": key, "tone": await ask_step(ask, W7_TONE, {"summary": summary})}
+
+    rows = await ctx.rows(f"SELECT o_orderkey, o_comment {W7_NOTES} "
+                          "ORDER BY o_orderdate DESC, o_orderkey LIMIT 2")
+    return list(await asyncio.gather(*(tone(key, note) for key, note in rows)))
+
+
+# -- W8: order notes x part materials, an LLM join predicate and a per-note urgency --------------
+
+W8_NOTES = "SELECT o_orderkey, o_comment FROM orders WHERE o_custkey = ? ORDER BY o_orderkey"
+W8_MATERIALS = ("SELECT DISTINCT split_part(p_type, ' ', 3) AS material FROM part "
+                "ORDER BY material")
+
+W8_MATCH = Step(_W8_MATCH, OutputSpec.boolean(), 2)
+W8_URGENCY = Step(_W8_URGENCY, OutputSpec.choice(list(_W8_LEVELS)), 16)
+
+
+async def w8(ctx: Context, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A customer's order notes joined with the part materials by the LLM predicate, kept where
+    the note's urgency is 'critical'. As written, the join predicate comes first: per note, the
+    program asks about every material at once, and only for a note that matched one asks its
+    urgency, once per note (it is the note's property; asking it again for each matching pair
+    would be a program nobody writes). It does not move the urgency ahead of the join: that
+    reordering is the optimizer's job being measured. The logical run (`eager=False`) asks the
+    per-note urgency first and the pairs of critical notes only, the plan with the fewest
+    requests whenever a note is not critical or matches a material."""
+    notes = await ctx.rows(W8_NOTES, params["custkey"])
+    materials = [material for (material,) in await ctx.rows(W8_MATERIALS)]
+    ask = ctx.ask
+
+    async def matches(note: str) -> list[str]:
+        verdicts = await asyncio.gather(
+            *(ask_step(ask, W8_MATCH, {"n.o_comment": note, "m.material": material})
+              for material in materials))
+        return [m for m, ok in zip(materials, verdicts, strict=True) if ok]
+
+    async def critical(note: str) -> bool:
+        return await ask_step(ask, W8_URGENCY, {"n.o_comment": note}) == "critical"
+
+    async def pairs(key: int, note: str) -> list[dict[str, Any]]:
+        if ctx.eager:
+            matched = await matches(note)
+            keep = bool(matched) and await critical(note)
+        else:
+            keep = await critical(note)
+            matched = await matches(note) if keep else []
+        return [{"o_orderkey": key, "material": material} for material in matched] if keep else []
+
+    found = await asyncio.gather(*(pairs(key, note) for key, note in notes))
+    return [row for rows in found for row in rows]
+
+
 Program = Callable[[Context, Mapping[str, Any]], Awaitable[list[dict[str, Any]]]]
 
-PROGRAMS: dict[str, Program] = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6}
-"""The plain program of each workload that has one, by workload key."""
+PROGRAMS: dict[str, Program] = {
+    "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6, "W7": w7, "W8": w8,
+}
+"""The plain program of each row workload, by key (the agent workloads' are in
+`agent_programs.AGENT_PROGRAMS`; `all_programs()` has both)."""
+
+
+def all_programs() -> dict[str, Program]:
+    """Every workload's plain program by key: the row workloads' and the agent workloads'."""
+    from tpc_agentic_bench.agent_programs import AGENT_PROGRAMS  # it builds on this module
+
+    return {**PROGRAMS, **AGENT_PROGRAMS}
 
 
 # -- running a batch ---------------------------------------------------------------------------
@@ -475,7 +599,7 @@ class ProgramOutcome:
 
 def program_for(workload: Workload) -> Program:
     """The plain program of `workload`; ValueError when it has none (or no parameters)."""
-    program = PROGRAMS.get(workload.key)
+    program = all_programs().get(workload.key)
     if program is None or len(workload.params) != len(workload.queries):
         raise ValueError(f"workload {workload.key} has no plain-program version")
     return program

@@ -321,9 +321,9 @@ class ProgramSystem(System):
 
     def runs(self, workload: Workload) -> bool:
         """Whether this workload has a version for this system (a program, or a graph)."""
-        from tpc_agentic_bench.programs import PROGRAMS
+        from tpc_agentic_bench.programs import all_programs
 
-        if workload.key not in PROGRAMS or len(workload.params) != len(workload.queries):
+        if workload.key not in all_programs() or len(workload.params) != len(workload.queries):
             return False
         if self.kind == "langgraph":
             from tpc_agentic_bench.graphs import GRAPHS

@@ -342,18 +342,24 @@ def w5_analytics(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
 # -- W6 fan-out ----------------------------------------------------------------------------------
 
 _W6_TOOLS = (
-    ("order_count", "SELECT CAST(count(*) AS VARCHAR) FROM orders WHERE o_custkey = {c}"),
-    ("total_spent", "SELECT CAST(round(sum(o_totalprice), 2) AS VARCHAR) FROM orders "
+    ("order_count", "SELECT CAST(count(*) AS VARCHAR) AS order_count FROM orders "
                     "WHERE o_custkey = {c}"),
-    ("late_lines", "SELECT CAST(count(*) AS VARCHAR) FROM lineitem JOIN orders ON l_orderkey = "
-                   "o_orderkey WHERE o_custkey = {c} AND l_receiptdate > l_commitdate"),
-    ("returned_lines", "SELECT CAST(count(*) AS VARCHAR) FROM lineitem JOIN orders ON l_orderkey "
-                       "= o_orderkey WHERE o_custkey = {c} AND l_returnflag = 'R'"),
-    ("favourite_ship_mode", "SELECT min(l_shipmode) FROM lineitem JOIN orders ON l_orderkey = "
-                            "o_orderkey WHERE o_custkey = {c}"),
-    ("account", "SELECT c_mktsegment || ', balance ' || c_acctbal || ': ' || c_comment "
+    ("total_spent", "SELECT CAST(round(sum(o_totalprice), 2) AS VARCHAR) AS total_spent "
+                    "FROM orders WHERE o_custkey = {c}"),
+    ("late_lines", "SELECT CAST(count(*) AS VARCHAR) AS late_lines FROM lineitem JOIN orders "
+                   "ON l_orderkey = o_orderkey WHERE o_custkey = {c} AND l_receiptdate > l_commitdate"),
+    ("returned_lines", "SELECT CAST(count(*) AS VARCHAR) AS returned_lines FROM lineitem "
+                       "JOIN orders ON l_orderkey = o_orderkey WHERE o_custkey = {c} "
+                       "AND l_returnflag = 'R'"),
+    ("favourite_ship_mode", "SELECT min(l_shipmode) AS favourite_ship_mode FROM lineitem "
+                            "JOIN orders ON l_orderkey = o_orderkey WHERE o_custkey = {c}"),
+    ("account", "SELECT c_mktsegment || ', balance ' || c_acctbal || ': ' || c_comment AS account "
                 "FROM customer WHERE c_custkey = {c}"),
 )
+"""W6's SQL "tools" (and W6A's SQL tools), `{c}` the customer key. Each names its column: an SQL
+tool's result shows the agent its column names, and an unnamed expression's name would be
+whatever text the SQL engine prints for it (halo's tool runner re-renders a tool's SQL, so
+`CAST(... AS VARCHAR)` would read `CAST(... AS TEXT)` there and not in a plain program)."""
 
 
 def w6_fan_out(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
@@ -394,10 +400,14 @@ FROM findings""")
 _W7_ROLE = "You summarize order notes for the account dashboard of a wholesale parts supplier. "
 _W7_FROM, _W7_TO = "1995-03-01", "1995-03-16"
 """The dashboard's window: the first half of March 1995 (~950 orders at SF 0.1)."""
+_W7_SUMMARY = _W7_ROLE + "Summarize the order note in one short sentence. Note: {o_comment}"
+_W7_PROBLEM = _W7_ROLE + "Does this order note report a delay or a problem? Note: {o_comment}"
+_W7_TONE = _W7_ROLE + "What is the tone of this summary? Summary: {summary}"
+_W7_PRIORITIES = ("1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW")
 
 
 def _w7_summaries() -> str:
-    summarize = sql_string(_W7_ROLE + "Summarize the order note in one short sentence. Note: {o_comment}")
+    summarize = sql_string(_W7_SUMMARY)
     return f"""WITH notes AS (
     SELECT o_orderkey, o_custkey, o_orderpriority, o_totalprice, o_orderdate, o_comment,
            LLM({summarize}, max_tokens => 16) AS summary
@@ -414,12 +424,13 @@ def w7_dashboard(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
         "ORDER BY (o_custkey * 7919 + 7) % 10007, o_custkey",
         n,
     )]
-    priorities = ["1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW"]
-    problem = sql_string(_W7_ROLE + "Does this order note report a delay or a problem? Note: {o_comment}")
-    tone = sql_string(_W7_ROLE + "What is the tone of this summary? Summary: {summary}")
+    priorities = _W7_PRIORITIES
+    problem, tone = sql_string(_W7_PROBLEM), sql_string(_W7_TONE)
     queries = []
+    params = []
     for i in range(n):
         shape, customer, priority = i % 4, customers[i], priorities[(i // 4) % len(priorities)]
+        params.append({"shape": shape, "custkey": customer, "priority": priority})
         if shape == 0:  # a customer's orders with their summaries
             panel = f"""SELECT o_orderkey, o_orderdate, summary FROM notes
 WHERE o_custkey = {customer} ORDER BY o_orderkey"""
@@ -444,19 +455,21 @@ FROM notes ORDER BY o_orderdate DESC, o_orderkey LIMIT 2"""
         "problem orders (LLM filter), the tone of the latest summaries",
         tuple(queries),
         shapes=min(4, n),
+        params=tuple(params),
     )
 
 
 # -- W8 semantic join ----------------------------------------------------------------------------
 
 _W8_ROLE = "You review order notes of a wholesale parts supplier. "
+_W8_MATCH = _W8_ROLE + "Could the order note \"{n.o_comment}\" be about parts made of {m.material}?"
+_W8_URGENCY = _W8_ROLE + "How urgent is this order note? Note: {n.o_comment}"
+_W8_LEVELS = ("low", "medium", "high", "critical")
 
 
 def w8_semantic_join(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
-    match = sql_string(
-        _W8_ROLE + "Could the order note \"{n.o_comment}\" be about parts made of {m.material}?"
-    )
-    urgency = sql_string(_W8_ROLE + "How urgent is this order note? Note: {n.o_comment}")
+    match, urgency = sql_string(_W8_MATCH), sql_string(_W8_URGENCY)
+    customers = _customers(con, n, salt=8)
     queries = tuple(
         f"""WITH notes AS (
     SELECT o_orderkey, o_comment FROM orders WHERE o_custkey = {customer}
@@ -468,7 +481,7 @@ FROM notes AS n, materials AS m
 WHERE LLM_FILTER({match})
   AND LLM_CLASSIFY({urgency}, ['low', 'medium', 'high', 'critical']) = 'critical'
 ORDER BY n.o_orderkey, m.material"""
-        for customer in _customers(con, n, salt=8)
+        for customer in customers
     )
     return Workload(
         "W8",
@@ -476,6 +489,7 @@ ORDER BY n.o_orderkey, m.material"""
         "per customer: order notes joined with part materials by an LLM predicate over the "
         "pairs, plus a per-note urgency classification (written after the join predicate)",
         queries,
+        params=tuple({"custkey": c} for c in customers),
     )
 
 
@@ -486,14 +500,16 @@ ORDER BY n.o_orderkey, m.material"""
 # never see each other's definitions. Every text reply is capped (max_tokens, maxLength) because
 # the random-weight tiny model only stops where the reply's JSON schema makes it stop.
 
+_ORDER_LINES_SQL = (
+    "SELECT l_linenumber, l_shipdate, l_commitdate, l_receiptdate, l_shipmode FROM lineitem "
+    "WHERE l_orderkey = :orderkey ORDER BY l_linenumber"
+)
+_ORDER_LINES_ABOUT = "Line items of an order with their ship, commit and receipt dates."
 _ORDER_LINES_TOOL = (
     "CREATE OR REPLACE TOOL {name} AS SQL "
-    + sql_string(
-        "SELECT l_linenumber, l_shipdate, l_commitdate, l_receiptdate, l_shipmode FROM lineitem "
-        "WHERE l_orderkey = :orderkey ORDER BY l_linenumber"
-    )
+    + sql_string(_ORDER_LINES_SQL)
     + " WITH (parameters => '{{\"orderkey\": \"integer\"}}', "
-    "description => 'Line items of an order with their ship, commit and receipt dates.')"
+    f"description => {sql_string(_ORDER_LINES_ABOUT)})"
 )
 
 
@@ -512,24 +528,30 @@ def _agent(name: str, instructions: str, options: str) -> str:
     )
 
 
+_W2A_ANALYST = _W2_ROLE + "Answer the question in one sentence."
+_W2A_CRITIC = (_W2_ROLE + "Critique the draft answer to the question: point out what it gets "
+               "wrong or leaves out. Set ok to true when nothing needs to change.")
+_W2A_REVISER = (_W2_ROLE + "Revise the draft answer so that it addresses the critique. "
+                "Answer in one sentence.")
+
+
 def w2a_reflection_agents(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     setup = (
         _ORDER_LINES_TOOL.format(name="w2a_order_lines"),
-        _agent("w2a_analyst", _W2_ROLE + "Answer the question in one sentence.",
+        _agent("w2a_analyst", _W2A_ANALYST,
                f"tools => [w2a_order_lines], max_steps => 3, max_tokens => {AGENT_MAX_TOKENS}, "
                + _TEXT_OUTPUT),
-        _agent("w2a_critic", _W2_ROLE + "Critique the draft answer to the question: point out "
-               "what it gets wrong or leaves out. Set ok to true when nothing needs to change.",
+        _agent("w2a_critic", _W2A_CRITIC,
                f"tools => [w2a_order_lines], max_steps => 2, max_tokens => {AGENT_MAX_TOKENS}, "
                "output => '{\"ok\": \"boolean\", \"critique\": {\"type\": \"string\", "
                f"\"maxLength\": {AGENT_TEXT_CHARS}}}}}'"),
-        _agent("w2a_reviser", _W2_ROLE + "Revise the draft answer so that it addresses the "
-               "critique. Answer in one sentence.",
+        _agent("w2a_reviser", _W2A_REVISER,
                f"max_steps => 1, max_tokens => {AGENT_MAX_TOKENS}, "
                + _TEXT_OUTPUT),
     )
     queries = []
-    for custkey in _customers(con, n, salt=2):
+    customers = _customers(con, n, salt=2)
+    for custkey in customers:
         queries.append(_w2_questions(custkey) + """answered AS (
     SELECT o_orderkey, question, answer AS draft
     FROM AGENT('w2a_analyst', input => (SELECT * FROM questions))
@@ -550,25 +572,33 @@ ORDER BY c.o_orderkey""")
         "answers, a critic agent reviews the draft, a reviser agent rewrites rejected drafts",
         tuple(queries),
         setup_sql=setup,
+        params=tuple({"custkey": c} for c in customers),
     )
 
 
+_PART_SUPPLY_SQL = (
+    "SELECT ps_suppkey, ps_availqty, ps_supplycost FROM partsupp "
+    "WHERE ps_partkey = :partkey ORDER BY ps_supplycost LIMIT 5"
+)
+_PART_SUPPLY_ABOUT = "Suppliers, stock and unit cost of a part."
 _PART_SUPPLY_TOOL = (
     "CREATE OR REPLACE TOOL w3a_part_supply AS SQL "
-    + sql_string(
-        "SELECT ps_suppkey, ps_availqty, ps_supplycost FROM partsupp "
-        "WHERE ps_partkey = :partkey ORDER BY ps_supplycost LIMIT 5"
-    )
+    + sql_string(_PART_SUPPLY_SQL)
     + " WITH (parameters => '{\"partkey\": \"integer\"}', "
-    "description => 'Suppliers, stock and unit cost of a part.')"
+    f"description => {sql_string(_PART_SUPPLY_ABOUT)})"
 )
+
+
+def w3a_judge_instructions(text: str) -> str:
+    """A W3 judge's template as a W3A judge agent's instructions (the listing is its input)."""
+    return text.removesuffix(" Listing: {item}")
 
 
 def w3a_voting_agents(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     setup = [_PART_SUPPLY_TOOL]
     for name, text in _W3_JUDGES:
         setup.append(_agent(
-            f"w3a_{name}_judge", text.removesuffix(" Listing: {item}"),
+            f"w3a_{name}_judge", w3a_judge_instructions(text),
             f"tools => [w3a_part_supply], max_steps => 3, max_tokens => {AGENT_MAX_TOKENS}, "
             "output => ['accept', 'reject']",
         ))
@@ -601,30 +631,40 @@ FROM votes GROUP BY p_partkey ORDER BY p_partkey""")
         "same listings, then LLM_AGG over their votes",
         tuple(queries),
         setup_sql=tuple(setup),
+        params=tuple(
+            {"brand": brand, "size": _listing_size(i)} for i, (brand,) in enumerate(brands)
+        ),
     )
+
+
+_CUSTOMER_ORDERS_SQL = (
+    "SELECT o_orderkey, o_orderdate, o_orderpriority, o_totalprice FROM orders "
+    "WHERE o_custkey = :custkey ORDER BY o_orderdate DESC, o_orderkey LIMIT 5"
+)
+_CUSTOMER_ORDERS_ABOUT = "The most recent orders of a customer."
+_W5A_ANALYST = (_W5_ROLE + "Decide whether this order is delayed or has a problem; look up its "
+                "line items or the customer's other orders when the note is not enough.")
+_W5A_VERDICTS = ("on_time", "delayed", "problem")
 
 
 def w5a_analytics_agent(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
     setup = (
         _ORDER_LINES_TOOL.format(name="w5a_order_lines"),
         "CREATE OR REPLACE TOOL w5a_customer_orders AS SQL "
-        + sql_string(
-            "SELECT o_orderkey, o_orderdate, o_orderpriority, o_totalprice FROM orders "
-            "WHERE o_custkey = :custkey ORDER BY o_orderdate DESC, o_orderkey LIMIT 5"
-        )
+        + sql_string(_CUSTOMER_ORDERS_SQL)
         + " WITH (parameters => '{\"custkey\": \"integer\"}', "
-        "description => 'The most recent orders of a customer.')",
-        _agent("w5a_delay_analyst", _W5_ROLE + "Decide whether this order is delayed or has a "
-               "problem; look up its line items or the customer's other orders when the note "
-               "is not enough.",
+        f"description => {sql_string(_CUSTOMER_ORDERS_ABOUT)})",
+        _agent("w5a_delay_analyst", _W5A_ANALYST,
                "tools => [w5a_order_lines, w5a_customer_orders], max_steps => 3, "
                f"max_tokens => {AGENT_MAX_TOKENS}, output => ['on_time', 'delayed', 'problem']"),
     )
     months = [f"{1993 + (g % 5)}-{1 + (g * 5) % 12:02d}" for g in range(n)]
     queries = []
+    params = []
     for i in range(n):
         group = i // 2  # the two shapes of a group look at the same nation and month
         nation, month = (group * 7 + 3) % 25, months[group]
+        params.append({"shape": i % 2, "nation": nation, "month": month})
         orders = (
             "FROM orders JOIN customer ON o_custkey = c_custkey "
             f"WHERE c_nationkey = {nation} AND o_orderdate >= DATE '{month}-01' "
@@ -652,7 +692,19 @@ ORDER BY a.o_orderkey""")
         tuple(queries),
         setup_sql=setup,
         shapes=min(2, n),
+        params=tuple(params),
     )
+
+
+_W6A_REVIEWER = (
+    "You prepare account reviews for a wholesale parts supplier. Look up what you need "
+    "about the customer with the tools, then write the review of the customer."
+)
+
+
+def w6a_tool_description(name: str) -> str:
+    """The description of W6A's SQL tool for W6's sub-query `name`."""
+    return name.replace("_", " ") + " of a customer"
 
 
 def w6a_fan_out_agent(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
@@ -660,23 +712,22 @@ def w6a_fan_out_agent(con: duckdb.DuckDBPyConnection, n: int) -> Workload:
         f"CREATE OR REPLACE TOOL w6a_{name} AS SQL "
         + sql_string(sql.replace("{c}", ":custkey"))
         + " WITH (parameters => '{\"custkey\": \"integer\"}', "
-        + f"description => {sql_string(name.replace('_', ' ') + ' of a customer')})"
+        + f"description => {sql_string(w6a_tool_description(name))})"
         for name, sql in _W6_TOOLS
     ]
     tools = ", ".join(f"w6a_{name}" for name, _ in _W6_TOOLS)
     setup.append(_agent(
-        "w6a_account_reviewer",
-        "You prepare account reviews for a wholesale parts supplier. Look up what you need "
-        "about the customer with the tools, then write the review of the customer.",
+        "w6a_account_reviewer", _W6A_REVIEWER,
         f"tools => [{tools}], max_steps => 4, max_tokens => {AGENT_MAX_TOKENS}, "
         + _TEXT_OUTPUT,
     ))
+    customers = _customers(con, n, salt=6)
     queries = tuple(
         f"""SELECT c_custkey, answer AS review, steps, len(tool_calls) AS calls
 FROM AGENT('w6a_account_reviewer', input => (
     SELECT c_custkey, c_name, c_mktsegment FROM customer WHERE c_custkey = {custkey}))
 ORDER BY c_custkey"""
-        for custkey in _customers(con, n, salt=6)
+        for custkey in customers
     )
     return Workload(
         "W6A",
@@ -685,6 +736,7 @@ ORDER BY c_custkey"""
         "sub-queries (the model picks which to call) writes the account review",
         queries,
         setup_sql=tuple(setup),
+        params=tuple({"custkey": c} for c in customers),
     )
 
 
