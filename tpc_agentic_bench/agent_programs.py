@@ -7,7 +7,7 @@ for, append the result to the transcript and ask again. Every row's agent is its
 query of the batch in flight at once; equal agent runs of different rows or queries run again
 (nothing shared beyond the engine's prefix cache), and equal tool calls run again too.
 
-The protocol is halo's (`halo_sql.agents.loop`), written out here so that the two systems send
+The protocol is halo's (`halo_sql.executor.agent_loop`), written out here so that the two systems send
 the same requests and their answers can be compared:
 
 - the prompt: a static header (the agent's name and instructions, the reply format, one line per
