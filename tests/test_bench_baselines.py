@@ -128,8 +128,8 @@ def test_program_agents_prompt_as_halo_agents_do(
 ) -> None:
     """The programs' agents are the workload's CREATE AGENT statements written in Python: the
     same prompt header and reply schemas as halo's agent loop builds from its catalog."""
-    from halo_sql.executor.agent_loop import agent_header, render_prompt, reply_schema
     from halo_sql.datasets.tpch import load_tpch
+    from halo_sql.executor.agent_loop import agent_header, render_prompt, reply_schema
 
     con = halo_sql.connect(backend="sim")
     try:
