@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from halo_sql.errors import ModelError, QueryCancelled
+from halo_sql.executor.response_cache import ResponseCache, response_key, storable
 from halo_sql.llm import aio
 from halo_sql.llm.base import Backend, LLMRequest, LLMResponse
 
@@ -105,6 +106,9 @@ class StatementStats:
     cached_unknown_requests: int = 0
     """Requests whose backend did not report cached tokens (an OpenAI-compatible server)."""
     output_tokens: int = 0
+    cached_responses: int = 0
+    """Requests answered from the persistent response cache (an earlier statement, session or
+    process received the answer), never sent (halo_sql.executor.response_cache)."""
     deduplicated_requests: int = 0
     """Requests answered by an identical request (of this statement, of another query of the same
     batch, or of any statement running at the same time), never sent."""
@@ -158,7 +162,8 @@ class StatementStats:
     def merge(self, other: StatementStats) -> None:
         for key in (
             "llm_requests", "prompt_tokens", "cached_prompt_tokens", "cached_unknown_requests",
-            "output_tokens", "deduplicated_requests", "shared_requests", "invalid_answers",
+            "output_tokens", "cached_responses", "deduplicated_requests", "shared_requests",
+            "invalid_answers",
             "failed_requests", "aborted_requests",
             "backend_calls", "agent_steps", "tool_calls", "deduplicated_tool_calls", "tool_errors",
             "llm_seconds", "planning_seconds", "null_failures",
@@ -397,10 +402,13 @@ def _forget(key: int, queue: ModelQueue) -> None:
 
 
 class LLMRuntime:
-    """Answers requests for operators: statement memo, in-flight sharing, accounting.
+    """Answers requests for operators: statement memo, persistent response cache, in-flight
+    sharing, accounting.
 
     `backend_for(model)` names the backend of a model; every statement's requests for that
-    backend go through its process-wide `ModelQueue`.
+    backend go through its process-wide `ModelQueue`. With a `cache`
+    (halo_sql.executor.response_cache), a greedy request to a backend with an `identity` is
+    looked up there before it is sent, and its answer is stored there as it arrives.
     """
 
     def __init__(
@@ -411,6 +419,8 @@ class LLMRuntime:
         """At most this many of this runtime's requests wait for answers at once (None: no
         limit; 1 gives one request at a time, the `naive` benchmark system)."""
         self._slots: asyncio.Semaphore | None = None
+        self.cache: ResponseCache | None = None
+        """The persistent response cache (the session sets it; None: off)."""
 
     def backend(self, model: str) -> Backend:
         return self._backend_for(model)
@@ -437,6 +447,18 @@ class LLMRuntime:
                 stats.shared_requests += 1
             return known[0]
         backend = self._backend_for(model)
+        cache = self.cache
+        stored: bytes | None = None
+        identity = getattr(backend, "identity", None) if cache is not None else None
+        if cache is not None and identity is not None:
+            stored = response_key(identity, request)  # None: temperature > 0, never cached
+            found = cache.get(stored) if stored is not None else None
+            if found is not None:
+                stats.cached_responses += 1
+                stats.memo.put(key, found, me)
+                if stats.progress is not None:
+                    stats.progress(stats)
+                return found
         queue = queue_for(backend)
         try:
             if self.max_concurrency is not None:
@@ -469,6 +491,10 @@ class LLMRuntime:
             if payer is not stats:
                 stats.shared_requests += 1
             stats.memo.put(key, response, id(payer))
+        if stored is not None and cache is not None and identity is not None:
+            window = backend.context_window if response.finish_reason == "length" else None
+            if storable(response, window):
+                cache.put(stored, identity, response)
         return response
 
     async def agenerate(
