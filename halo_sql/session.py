@@ -430,14 +430,26 @@ class Session:
         if isinstance(root, DuckDBQuery) and not root.inputs and not root.udfs:
             return self._run_plain(root.sql, params)
         source = ConnectionSource.exclusive(self.connection)
-        future = aio.spawn(self.arun_plan(plan, stats, params, source, None))
+        stopped = threading.Event()
+
+        async def run() -> pa.Table | None:
+            try:
+                return await self.arun_plan(plan, stats, params, source, None)
+            finally:
+                stopped.set()
+
+        future = aio.spawn(run())
         self._running.add(future)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
+            # Returns once the statement's work has stopped: no answer arrives afterwards and
+            # the next statement has the connection to itself.
+            stopped.wait(_STOP_SECONDS)
             raise QueryCancelled("statement cancelled; answers received so far are kept") from None
         except BaseException:
             future.cancel()
+            stopped.wait(_STOP_SECONDS)
             raise
         finally:
             self._running.discard(future)
@@ -462,7 +474,7 @@ class Session:
         try:
             table = await execute(physical, ctx)
         finally:
-            ctx.close()
+            await ctx.aclose()
         if stats.null_failures and self.on_llm_failure == "raise":
             raise ModelError(
                 f"{stats.null_failures} LLM request(s) failed; first: {stats.first_failure} "
@@ -775,6 +787,10 @@ _LLM_FAILURES = re.compile(
     r"^\s*SET\s+(?:SESSION\s+)?llm_failures\s*(?:=|\bTO\b)\s*'?(\w+)'?\s*;?\s*$", re.I
 )
 
+
+_STOP_SECONDS = 10.0
+"""How long a cancelled statement waits for its work to stop (aborting engine requests takes
+milliseconds; a DuckDB query being interrupted may take longer)."""
 
 _RESPONSE_CACHE = re.compile(
     r"^\s*SET\s+(?:SESSION\s+)?response_cache\s*(?:=|\bTO\b)\s*(.*?)\s*;?\s*$", re.I | re.S

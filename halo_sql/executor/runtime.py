@@ -209,6 +209,9 @@ class _Flight:
             asyncio.get_running_loop().create_future()
         )
         self.waiters: list[_Waiter] = []
+        self.on_answer: list[Callable[[LLMResponse], None]] = []
+        """Called with the answer when it arrives, even if every waiter gave up just then (the
+        response cache stores it: the engine did the work)."""
         self.task: asyncio.Task[Any] | None = None
         self.started = False
         """The backend has the request (an abort then reaches the engine)."""
@@ -242,10 +245,16 @@ class ModelQueue:
         return len(self._inflight)
 
     async def submit(
-        self, key: bytes, request: LLMRequest, stats: StatementStats | None, priority: int = 0
+        self,
+        key: bytes,
+        request: LLMRequest,
+        stats: StatementStats | None,
+        priority: int = 0,
+        on_answer: Callable[[LLMResponse], None] | None = None,
     ) -> tuple[LLMResponse, float, int, bool, StatementStats | None]:
         """The answer, the seconds it took, the id of the backend call that answered it, whether
-        this submission pays for it and the statement that does."""
+        this submission pays for it and the statement that does. `on_answer` gets the answer
+        as soon as it arrives, even if this submission is cancelled just then."""
         flight = self._inflight.get(key)
         if flight is None:
             flight = _Flight(key, request, priority)
@@ -254,6 +263,8 @@ class ModelQueue:
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._release)
+        if on_answer is not None:
+            flight.on_answer.append(on_answer)
         waiter = _Waiter(stats)
         flight.waiters.append(waiter)
         try:
@@ -358,6 +369,8 @@ class ModelQueue:
                 flight.future.exception()  # retrieved: no "never retrieved" noise if unwaited
         else:
             flight.future.set_result(result)  # type: ignore[arg-type]
+            for listener in flight.on_answer:
+                listener(result[0])  # type: ignore[index]
 
 
 class BackendFailure(Exception):
@@ -447,12 +460,9 @@ class LLMRuntime:
                 stats.shared_requests += 1
             return known[0]
         backend = self._backend_for(model)
-        cache = self.cache
-        stored: bytes | None = None
-        identity = getattr(backend, "identity", None) if cache is not None else None
-        if cache is not None and identity is not None:
-            stored = response_key(identity, request)  # None: temperature > 0, never cached
-            found = cache.get(stored) if stored is not None else None
+        store = None
+        if self.cache is not None:
+            found, store = self._cached(backend, request)
             if found is not None:
                 stats.cached_responses += 1
                 stats.memo.put(key, found, me)
@@ -465,9 +475,9 @@ class LLMRuntime:
                 if self._slots is None:
                     self._slots = asyncio.Semaphore(self.max_concurrency)
                 async with self._slots:
-                    answer = await queue.submit(key, request, stats, priority)
+                    answer = await queue.submit(key, request, stats, priority, store)
             else:
-                answer = await queue.submit(key, request, stats, priority)
+                answer = await queue.submit(key, request, stats, priority, store)
         except BackendFailure as failure:
             if isinstance(failure.cause, ModelError):
                 raise failure.cause from None
@@ -491,11 +501,31 @@ class LLMRuntime:
             if payer is not stats:
                 stats.shared_requests += 1
             stats.memo.put(key, response, id(payer))
-        if stored is not None and cache is not None and identity is not None:
+        return response
+
+    def _cached(
+        self, backend: Backend, request: LLMRequest
+    ) -> tuple[LLMResponse | None, Callable[[LLMResponse], None] | None]:
+        """The stored answer to `request` if the response cache has one; else what stores the
+        answer when it arrives (None when it must not be stored: temperature > 0, or a backend
+        without an identity, such as a test double)."""
+        cache = self.cache
+        identity = getattr(backend, "identity", None)
+        if cache is None or not isinstance(identity, str):
+            return None, None
+        stored = response_key(identity, request)
+        if stored is None:
+            return None, None
+        found = cache.get(stored)
+        if found is not None:
+            return found, None
+
+        def store(response: LLMResponse) -> None:
             window = backend.context_window if response.finish_reason == "length" else None
             if storable(response, window):
                 cache.put(stored, identity, response)
-        return response
+
+        return None, store
 
     async def agenerate(
         self,
