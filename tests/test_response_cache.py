@@ -383,3 +383,14 @@ def test_a_cache_file_that_cannot_be_written_warns_and_never_fails_a_statement(
         con.sql("SELECT LLM('Hi {x}') FROM (VALUES ('a')) v(x)")
         con.session.response_cache.flush()  # type: ignore[union-attr]
     assert con.stats()["llm_requests"] == 1
+
+
+def test_the_shell_says_how_many_answers_came_from_the_cache(tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    from halo_sql.frontends.shell import _timer_line
+
+    database = make_database(tmp_path / "shop.duckdb", latency=0.0)
+    con = halo_sql.connect(database)
+    con.sql(SUMMARIES)
+    result = con.run(SUMMARIES)
+    assert f"{ROWS} answers from the response cache" in _timer_line(result.stats)
