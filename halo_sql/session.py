@@ -430,26 +430,38 @@ class Session:
         if isinstance(root, DuckDBQuery) and not root.inputs and not root.udfs:
             return self._run_plain(root.sql, params)
         source = ConnectionSource.exclusive(self.connection)
-        stopped = threading.Event()
+        started, stopped = threading.Event(), threading.Event()
 
         async def run() -> pa.Table | None:
+            started.set()
             try:
                 return await self.arun_plan(plan, stats, params, source, None)
             finally:
                 stopped.set()
 
+        def wait_until_stopped() -> None:
+            # A cancelled statement returns once its work has stopped: no answer arrives
+            # afterwards and the next statement has the connection to itself. (One cancelled
+            # before it started never runs past its first step.)
+            if started.is_set():
+                stopped.wait(_STOP_SECONDS)
+
         future = aio.spawn(run())
         self._running.add(future)
         try:
-            return future.result()
+            while True:
+                try:
+                    # Waking up now and then lets a Ctrl-C that the kernel delivered to another
+                    # thread (SIGINT goes to any thread of the process) interrupt this one.
+                    return future.result(timeout=_WAKE_SECONDS)
+                except TimeoutError:
+                    continue
         except concurrent.futures.CancelledError:
-            # Returns once the statement's work has stopped: no answer arrives afterwards and
-            # the next statement has the connection to itself.
-            stopped.wait(_STOP_SECONDS)
+            wait_until_stopped()
             raise QueryCancelled("statement cancelled; answers received so far are kept") from None
         except BaseException:
             future.cancel()
-            stopped.wait(_STOP_SECONDS)
+            wait_until_stopped()
             raise
         finally:
             self._running.discard(future)
@@ -787,6 +799,9 @@ _LLM_FAILURES = re.compile(
     r"^\s*SET\s+(?:SESSION\s+)?llm_failures\s*(?:=|\bTO\b)\s*'?(\w+)'?\s*;?\s*$", re.I
 )
 
+
+_WAKE_SECONDS = 0.1
+"""How often a statement's waiting thread wakes up to notice a Ctrl-C."""
 
 _STOP_SECONDS = 10.0
 """How long a cancelled statement waits for its work to stop (aborting engine requests takes

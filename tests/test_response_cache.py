@@ -104,7 +104,7 @@ def test_a_cancelled_statement_run_again_recomputes_no_answered_request(tmp_path
 
 
 def test_ctrl_c_stops_the_statement_and_keeps_the_answers_that_arrived(tmp_path: Path) -> None:
-    database = make_database(tmp_path / "shop.duckdb")
+    database = make_database(tmp_path / "shop.duckdb", latency=0.05)
     con = halo_sql.connect(database)
 
     def ctrl_c() -> None:
@@ -171,7 +171,7 @@ def run_batch_process(database: str, script: Path) -> subprocess.Popen[str]:
 
 
 def test_a_batch_killed_mid_way_reruns_without_recomputing_what_was_answered(tmp_path: Path) -> None:
-    database = make_database(tmp_path / "shop.duckdb", latency=0.05)
+    database = make_database(tmp_path / "shop.duckdb", latency=0.08)
     script = tmp_path / "batch.py"
     script.write_text(_BATCH_SCRIPT)
 

@@ -221,37 +221,42 @@ def start_async_engine(kwargs: dict[str, Any], counters: Any) -> Any:
 
 @contextlib.contextmanager
 def main_script_not_rerun() -> Iterator[None]:
-    """While vLLM starts its engine-core process, hide which script is running, so that the new
-    process does not run it again.
+    """While vLLM starts its engine-core process, present `halo_sql.llm.engine_process` as the
+    main module, so that the new process imports that instead of running the user's script again.
 
     `AsyncLLM` always runs its engine core in another process, and vLLM 0.32 starts it with
     multiprocessing's `spawn` method (forced on CPU, and wherever CUDA is initialized): a spawned
-    child re-imports the parent's main module, by path (`__main__.__file__`) or by name
+    child imports the parent's main module, by path (`__main__.__file__`) or by name
     (`__main__.__spec__`), before it runs anything. A script without an
     `if __name__ == "__main__":` guard then starts the engine again inside that child, which
     dies with multiprocessing's "bootstrapping phase" error. The engine core needs nothing from
     the user's script (its code and arguments are vLLM's), so while it starts the main module
-    shows neither attribute and the child skips the re-import; they are back as soon as the
-    engine runs. (Other threads that spawn processes from functions defined in the main script
-    during these seconds would be affected too; nothing in halo-sql does.)
+    names `engine_process` (which quiets vLLM's import-time logging as the parent chose) and no
+    file; both attributes are back as soon as the engine runs. (Another thread that spawns
+    processes running functions of the main script during these seconds would be affected too;
+    nothing in halo-sql does.)
 
-    A tested alternative is not available: vLLM 0.32 refuses an in-process engine core with
-    `AsyncLLM` ("Running EngineCore in asyncio without multiprocessing is not currently
-    supported"), and on CPU it overrides VLLM_WORKER_MULTIPROC_METHOD=fork with spawn.
+    The alternatives do not work in 0.32: it refuses an in-process engine core with `AsyncLLM`
+    ("Running EngineCore in asyncio without multiprocessing is not currently supported"), and on
+    CPU it overrides VLLM_WORKER_MULTIPROC_METHOD=fork with spawn.
     """
+    import importlib.util
+
     main = sys.modules.get("__main__")
-    hidden: dict[str, Any] = {}
-    if main is not None:
-        for name in ("__file__", "__spec__"):
-            if getattr(main, name, None) is not None:
-                hidden[name] = getattr(main, name)
+    if main is None:
+        yield
+        return
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
     try:
-        for name in hidden:
-            setattr(main, name, None)  # what multiprocessing reads as "nothing to re-run"
+        main.__file__ = None  # type: ignore[assignment]  # what multiprocessing reads as "no path"
+        main.__spec__ = importlib.util.find_spec("halo_sql.llm.engine_process")
         yield
     finally:
-        for name, value in hidden.items():
-            setattr(main, name, value)
+        for name in ("__file__", "__spec__"):
+            if name in saved:
+                setattr(main, name, saved[name])
+            else:
+                delattr(main, name)
 
 
 def refuse_in_bootstrapping_child(model: str) -> None:
