@@ -49,7 +49,8 @@ from halo_sql.frontends.server import serve
 from halo_sql.llm.logs import follow_environment as _follow_logging_environment
 from halo_sql.session import Result, Session
 
-# vLLM's spawned processes import this package (through the main module) before vllm itself:
+# vLLM's spawned processes import this package (halo_sql.llm.engine_process is their main
+# module) before vllm itself:
 # the logging choice of the parent then holds from their first line (halo_sql/llm/logs.py).
 _follow_logging_environment()
 

@@ -105,7 +105,7 @@ def _run_shell(args: argparse.Namespace) -> int:
         return shell.run(session, scripts=args.scripts, mode=args.mode, batch=args.batch)
     finally:
         shutdown_started_since(engines_before)
-        session.connection.close()
+        session.close()
 
 
 # -- make-tiny-model -----------------------------------------------------------------------------

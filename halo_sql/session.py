@@ -41,6 +41,12 @@ from halo_sql.errors import (
 from halo_sql.executor.batch import BatchProgress, BatchResult, BatchRun, Result, run_batch
 from halo_sql.executor.duckdb_bridge import duckdb_error
 from halo_sql.executor.engine import ConnectionSource, ExecutionContext, SubplanCache, execute
+from halo_sql.executor.response_cache import (
+    FileResponseCache,
+    MemoryResponseCache,
+    ResponseCache,
+    cache_path_for,
+)
 from halo_sql.executor.runtime import LLMRuntime, ResponseMemo, StatementStats
 from halo_sql.llm import aio
 from halo_sql.llm.base import Backend
@@ -58,6 +64,7 @@ from halo_sql.optimizer.settings import apply_setting, is_optimizer_setting
 from halo_sql.parser.shapes import shape_of
 from halo_sql.parser.statements import (
     AgentStatement,
+    ClearResponseCache,
     CreateModel,
     DropModel,
     OwnStatement,
@@ -95,6 +102,7 @@ class Session:
         connection: duckdb.DuckDBPyConnection | None = None,
         read_only: bool = False,
         settings: PhysicalSettings | None = None,
+        response_cache: bool | str | None = None,
     ) -> None:
         try:
             self.connection = connection or duckdb.connect(database, read_only=read_only)
@@ -133,6 +141,67 @@ class Session:
         self.agents = AgentCatalog(self.connection, database)
         """Agents and tools (CREATE AGENT / CREATE TOOL), persisted with the database."""
         self._set_default_model(model, backend, dict(model_options or {}))
+        self.database_file = _database_file(self.connection)
+        """The database's file (absolute), or None for an in-memory database."""
+        self._cache: ResponseCache | None = None
+        self._cache_location: str | None = None
+        self.set_response_cache(self.database_file is not None if response_cache is None
+                                else response_cache)
+
+    # -- the persistent response cache ------------------------------------------------------------
+    def set_response_cache(self, value: bool | str) -> None:
+        """Turn the persistent response cache on (True: beside the database file, or in memory
+        for the session's life when the database is `:memory:`; a path: that file) or off
+        (False). `SET response_cache = on | off | '/path/file'` calls this."""
+        if value is False:
+            self.runtime.cache = None
+            return
+        location = self._cache_target(value)
+        if self._cache is None or self._cache_location != location:
+            if self._cache is not None:
+                self._cache.close()
+            self._cache = (
+                MemoryResponseCache() if location == ":memory:" else FileResponseCache(location)
+            )
+            self._cache_location = location
+        self.runtime.cache = self._cache
+
+    @property
+    def response_cache(self) -> ResponseCache | None:
+        """The response cache answers are looked up in and stored to (None when off)."""
+        return self.runtime.cache
+
+    def clear_response_cache(self) -> int:
+        """Remove every stored answer of this session's cache (also while it is off: then the
+        cache it would use); returns how many there were. `CLEAR RESPONSE CACHE` calls this."""
+        cache = self._cache
+        if cache is None:
+            location = self._cache_target(True)
+            if location == ":memory:":
+                return 0  # an in-memory cache that was never on holds nothing
+            cache = FileResponseCache(location)
+            try:
+                return cache.clear()
+            finally:
+                cache.close()
+        return cache.clear()
+
+    def _cache_target(self, value: bool | str) -> str:
+        if isinstance(value, str):
+            return os.path.abspath(os.path.expanduser(value))
+        if self._cache_location is not None:
+            return self._cache_location  # `SET response_cache = on` after a path keeps it
+        if self.database_file is None:
+            return ":memory:"
+        return cache_path_for(self.database_file)
+
+    def close(self, *, close_connection: bool = True) -> None:
+        """Commit the answers the response cache still holds and close the DuckDB connection
+        (unless `close_connection` is False: a connection handed in stays open)."""
+        if self._cache is not None:
+            self._cache.close()
+        if close_connection:
+            self.connection.close()
 
     # -- models ----------------------------------------------------------------------------------
     def _set_default_model(self, model: str | None, backend: str | None, options: dict[str, Any]) -> None:
@@ -257,8 +326,11 @@ class Session:
         table: pa.Table | None = None
         try:
             failures = _LLM_FAILURES.match(statement.text)
+            caching = _RESPONSE_CACHE.match(statement.text)
             if failures:  # SET llm_failures = 'raise' | 'null'
                 self.on_llm_failure = _llm_failure_mode(failures.group(1))
+            elif caching:  # SET response_cache = on | off | '/path/file'
+                self.set_response_cache(_response_cache_value(caching.group(1)))
             elif is_optimizer_setting(statement.text):  # SET disable_rules = '...' (optimizer)
                 changed = apply_setting(self.optimizer_settings, statement.text)
                 self.optimizer_settings = changed or self.optimizer_settings
@@ -360,14 +432,38 @@ class Session:
         if isinstance(root, DuckDBQuery) and not root.inputs and not root.udfs:
             return self._run_plain(root.sql, params)
         source = ConnectionSource.exclusive(self.connection)
-        future = aio.spawn(self.arun_plan(plan, stats, params, source, None))
+        started, stopped = threading.Event(), threading.Event()
+
+        async def run() -> pa.Table | None:
+            started.set()
+            try:
+                return await self.arun_plan(plan, stats, params, source, None)
+            finally:
+                stopped.set()
+
+        def wait_until_stopped() -> None:
+            # A cancelled statement returns once its work has stopped: no answer arrives
+            # afterwards and the next statement has the connection to itself. (One cancelled
+            # before it started never runs past its first step.)
+            if started.is_set():
+                stopped.wait(_STOP_SECONDS)
+
+        future = aio.spawn(run())
         self._running.add(future)
         try:
-            return future.result()
+            while True:
+                try:
+                    # Waking up now and then lets a Ctrl-C that the kernel delivered to another
+                    # thread (SIGINT goes to any thread of the process) interrupt this one.
+                    return future.result(timeout=_WAKE_SECONDS)
+                except TimeoutError:
+                    continue
         except concurrent.futures.CancelledError:
+            wait_until_stopped()
             raise QueryCancelled("statement cancelled; answers received so far are kept") from None
         except BaseException:
             future.cancel()
+            wait_until_stopped()
             raise
         finally:
             self._running.discard(future)
@@ -392,7 +488,7 @@ class Session:
         try:
             table = await execute(physical, ctx)
         finally:
-            ctx.close()
+            await ctx.aclose()
         if stats.null_failures and self.on_llm_failure == "raise":
             raise ModelError(
                 f"{stats.null_failures} LLM request(s) failed; first: {stats.first_failure} "
@@ -619,6 +715,9 @@ class Session:
                 self.default_model = statement.name
             self._save_model(spec)
             return None
+        if isinstance(statement, ClearResponseCache):
+            removed = self.clear_response_cache()
+            return pa.table({"removed_responses": pa.array([removed], pa.int64())})
         if isinstance(statement, DropModel):
             if statement.name not in self.models:
                 if statement.if_exists:
@@ -706,6 +805,50 @@ def _param_rows(session: Session, params: Any) -> list[Params]:
 _LLM_FAILURES = re.compile(
     r"^\s*SET\s+(?:SESSION\s+)?llm_failures\s*(?:=|\bTO\b)\s*'?(\w+)'?\s*;?\s*$", re.I
 )
+
+
+_WAKE_SECONDS = 0.1
+"""How often a statement's waiting thread wakes up to notice a Ctrl-C."""
+
+_STOP_SECONDS = 10.0
+"""How long a cancelled statement waits for its work to stop (aborting engine requests takes
+milliseconds; a DuckDB query being interrupted may take longer)."""
+
+_RESPONSE_CACHE = re.compile(
+    r"^\s*SET\s+(?:SESSION\s+)?response_cache\s*(?:=|\bTO\b)\s*(.*?)\s*;?\s*$", re.I | re.S
+)
+
+
+def _response_cache_value(value: str) -> bool | str:
+    """on / off (also true/false), or a quoted path of a cache file."""
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        text = value[1:-1].replace("''", "'")
+        if text.lower() in ("on", "off", "true", "false"):
+            return text.lower() in ("on", "true")
+        if not text.strip():
+            raise ProgrammingError("SET response_cache: the path of a cache file is empty")
+        return text
+    word = value.lower()
+    if word in ("on", "true"):
+        return True
+    if word in ("off", "false"):
+        return False
+    raise ProgrammingError(
+        f"SET response_cache takes on, off or a quoted path of a cache file, not {value!r}"
+    )
+
+
+def _database_file(connection: duckdb.DuckDBPyConnection) -> str | None:
+    """The file of the connection's current database (None when it lives in memory)."""
+    try:
+        rows = connection.execute(
+            "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+        ).fetchall()
+    except duckdb.Error:
+        return None
+    if not rows or not rows[0][0] or str(rows[0][0]) == ":memory:":
+        return None
+    return os.path.abspath(str(rows[0][0]))
 
 
 def _llm_failure_mode(value: str) -> str:

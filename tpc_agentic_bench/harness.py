@@ -122,8 +122,10 @@ class ModelSetup:
 
     def connect(self, database: duckdb.DuckDBPyConnection) -> Connection:
         """A fresh session on `database` with every model of the run defined."""
+        # No persistent response cache: every measured system computes its own answers.
         session = Session(
-            connection=database, model=self.model, backend=self.backend, model_options=self.options
+            connection=database, model=self.model, backend=self.backend,
+            model_options=self.options, response_cache=False,
         )
         con = Connection(session)
         con.sql(_create_model(SMALL_MODEL, self.backend, self.model, self.options))

@@ -212,8 +212,19 @@ class ExecutionContext:
             with _SCRATCH_LOCK:
                 _SCRATCH.append(con)
 
-    def close(self) -> None:
-        """Release what the statement holds (its scratch DuckDBs are the threads', kept)."""
+    async def aclose(self) -> None:
+        """Release what the statement holds (its scratch DuckDBs are the threads', kept), once
+        its work has stopped.
+
+        Inputs still being computed are cancelled and awaited: they run as shielded tasks
+        (several operators of the statement await one), so a statement cancelled by Ctrl-C
+        would otherwise leave them sending requests. A batch's shared sub-plans are awaited
+        through their own tasks, which other queries may still need: those go on."""
+        running = [task for task in self.materialized.values() if not task.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 async def execute(op: po.PhysicalOp, ctx: ExecutionContext) -> pa.Table | None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from halo_sql.errors import ModelError, QueryCancelled
+from halo_sql.executor.response_cache import ResponseCache, response_key, storable
 from halo_sql.llm import aio
 from halo_sql.llm.base import Backend, LLMRequest, LLMResponse
 
@@ -105,6 +106,9 @@ class StatementStats:
     cached_unknown_requests: int = 0
     """Requests whose backend did not report cached tokens (an OpenAI-compatible server)."""
     output_tokens: int = 0
+    cached_responses: int = 0
+    """Requests answered from the persistent response cache (an earlier statement, session or
+    process received the answer), never sent (halo_sql.executor.response_cache)."""
     deduplicated_requests: int = 0
     """Requests answered by an identical request (of this statement, of another query of the same
     batch, or of any statement running at the same time), never sent."""
@@ -158,7 +162,8 @@ class StatementStats:
     def merge(self, other: StatementStats) -> None:
         for key in (
             "llm_requests", "prompt_tokens", "cached_prompt_tokens", "cached_unknown_requests",
-            "output_tokens", "deduplicated_requests", "shared_requests", "invalid_answers",
+            "output_tokens", "cached_responses", "deduplicated_requests", "shared_requests",
+            "invalid_answers",
             "failed_requests", "aborted_requests",
             "backend_calls", "agent_steps", "tool_calls", "deduplicated_tool_calls", "tool_errors",
             "llm_seconds", "planning_seconds", "null_failures",
@@ -204,6 +209,9 @@ class _Flight:
             asyncio.get_running_loop().create_future()
         )
         self.waiters: list[_Waiter] = []
+        self.on_answer: list[Callable[[LLMResponse], None]] = []
+        """Called with the answer when it arrives, even if every waiter gave up just then (the
+        response cache stores it: the engine did the work)."""
         self.task: asyncio.Task[Any] | None = None
         self.started = False
         """The backend has the request (an abort then reaches the engine)."""
@@ -237,10 +245,16 @@ class ModelQueue:
         return len(self._inflight)
 
     async def submit(
-        self, key: bytes, request: LLMRequest, stats: StatementStats | None, priority: int = 0
+        self,
+        key: bytes,
+        request: LLMRequest,
+        stats: StatementStats | None,
+        priority: int = 0,
+        on_answer: Callable[[LLMResponse], None] | None = None,
     ) -> tuple[LLMResponse, float, int, bool, StatementStats | None]:
         """The answer, the seconds it took, the id of the backend call that answered it, whether
-        this submission pays for it and the statement that does."""
+        this submission pays for it and the statement that does. `on_answer` gets the answer
+        as soon as it arrives, even if this submission is cancelled just then."""
         flight = self._inflight.get(key)
         if flight is None:
             flight = _Flight(key, request, priority)
@@ -249,6 +263,8 @@ class ModelQueue:
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._release)
+        if on_answer is not None:
+            flight.on_answer.append(on_answer)
         waiter = _Waiter(stats)
         flight.waiters.append(waiter)
         try:
@@ -353,6 +369,8 @@ class ModelQueue:
                 flight.future.exception()  # retrieved: no "never retrieved" noise if unwaited
         else:
             flight.future.set_result(result)  # type: ignore[arg-type]
+            for listener in flight.on_answer:
+                listener(result[0])  # type: ignore[index]
 
 
 class BackendFailure(Exception):
@@ -397,10 +415,13 @@ def _forget(key: int, queue: ModelQueue) -> None:
 
 
 class LLMRuntime:
-    """Answers requests for operators: statement memo, in-flight sharing, accounting.
+    """Answers requests for operators: statement memo, persistent response cache, in-flight
+    sharing, accounting.
 
     `backend_for(model)` names the backend of a model; every statement's requests for that
-    backend go through its process-wide `ModelQueue`.
+    backend go through its process-wide `ModelQueue`. With a `cache`
+    (halo_sql.executor.response_cache), a greedy request to a backend with an `identity` is
+    looked up there before it is sent, and its answer is stored there as it arrives.
     """
 
     def __init__(
@@ -411,6 +432,8 @@ class LLMRuntime:
         """At most this many of this runtime's requests wait for answers at once (None: no
         limit; 1 gives one request at a time, the `naive` benchmark system)."""
         self._slots: asyncio.Semaphore | None = None
+        self.cache: ResponseCache | None = None
+        """The persistent response cache (the session sets it; None: off)."""
 
     def backend(self, model: str) -> Backend:
         return self._backend_for(model)
@@ -437,15 +460,24 @@ class LLMRuntime:
                 stats.shared_requests += 1
             return known[0]
         backend = self._backend_for(model)
+        store = None
+        if self.cache is not None:
+            found, store = self._cached(backend, request)
+            if found is not None:
+                stats.cached_responses += 1
+                stats.memo.put(key, found, me)
+                if stats.progress is not None:
+                    stats.progress(stats)
+                return found
         queue = queue_for(backend)
         try:
             if self.max_concurrency is not None:
                 if self._slots is None:
                     self._slots = asyncio.Semaphore(self.max_concurrency)
                 async with self._slots:
-                    answer = await queue.submit(key, request, stats, priority)
+                    answer = await queue.submit(key, request, stats, priority, store)
             else:
-                answer = await queue.submit(key, request, stats, priority)
+                answer = await queue.submit(key, request, stats, priority, store)
         except BackendFailure as failure:
             if isinstance(failure.cause, ModelError):
                 raise failure.cause from None
@@ -470,6 +502,30 @@ class LLMRuntime:
                 stats.shared_requests += 1
             stats.memo.put(key, response, id(payer))
         return response
+
+    def _cached(
+        self, backend: Backend, request: LLMRequest
+    ) -> tuple[LLMResponse | None, Callable[[LLMResponse], None] | None]:
+        """The stored answer to `request` if the response cache has one; else what stores the
+        answer when it arrives (None when it must not be stored: temperature > 0, or a backend
+        without an identity, such as a test double)."""
+        cache = self.cache
+        identity = getattr(backend, "identity", None)
+        if cache is None or not isinstance(identity, str):
+            return None, None
+        stored = response_key(identity, request)
+        if stored is None:
+            return None, None
+        found = cache.get(stored)
+        if found is not None:
+            return found, None
+
+        def store(response: LLMResponse) -> None:
+            window = backend.context_window if response.finish_reason == "length" else None
+            if storable(response, window):
+                cache.put(stored, identity, response)
+
+        return None, store
 
     async def agenerate(
         self,

@@ -325,8 +325,8 @@ class Connection:
     def close(self) -> None:
         """Close the connection (and the DuckDB connection, unless it was handed in); idempotent."""
         if self._session is not None:
-            if self._owns_connection:
-                self._session.connection.close()
+            # Answers the response cache still holds are committed first.
+            self._session.close(close_connection=self._owns_connection)
             self._session = None
 
     def __enter__(self) -> Connection:
@@ -571,13 +571,16 @@ def connect(
     model_options: Mapping[str, Any] | None = None,
     read_only: bool = False,
     connection: duckdb.DuckDBPyConnection | None = None,
+    response_cache: bool | str | None = None,
 ) -> Connection:
     """Open a database (a DuckDB file or ":memory:") with LLM functions.
 
     `model` is the default model's directory or hub id (default: $HALO_MODEL); `backend` is
     "vllm" (default when a model is given) or "sim" (deterministic simulated model).
     `connection` wraps an existing duckdb connection instead of opening `database` (closing the
-    halo-sql connection then leaves it open).
+    halo-sql connection then leaves it open). `response_cache`: keep every answer to reuse it in
+    later statements and runs (default: on for a database file, in `<database>.halo-cache`; off
+    for `:memory:`); False turns it off, a path names the cache file (docs/response-cache.md).
     """
     session = Session(
         database,
@@ -586,5 +589,6 @@ def connect(
         model_options=model_options,
         read_only=read_only,
         connection=connection,
+        response_cache=response_cache,
     )
     return Connection(session, owns_connection=connection is None)

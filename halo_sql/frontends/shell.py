@@ -275,7 +275,9 @@ class Shell:
         self._error(
             f"batch: {stats['queries']} statements, {stats['failed_queries']} failed, "
             f"{stats['llm_requests']} LLM requests in {stats['backend_calls']} backend calls, "
-            f"{stats['seconds']:.2f} s"
+            + (f"{stats['cached_responses']} answers from the response cache, "
+               if stats["cached_responses"] else "")
+            + f"{stats['seconds']:.2f} s"
         )
         return ok
 
@@ -679,7 +681,7 @@ class _ProgressView:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
-        done = stats.llm_requests + stats.deduplicated_requests
+        done = stats.llm_requests + stats.deduplicated_requests + stats.cached_responses
         if self._progress is None:
             self._progress = Progress(
                 SpinnerColumn(),
@@ -731,6 +733,8 @@ def _timer_line(stats: StatementStats) -> str:
             f" · {stats.prompt_tokens:,} prompt tokens ({_cached(stats)} cached)"
             f" · {stats.output_tokens:,} output tokens · LLM {stats.llm_seconds:.3f} s"
         )
+    if stats.cached_responses:
+        line += f" · {stats.cached_responses:,} answers from the response cache"
     return line
 
 

@@ -16,8 +16,9 @@ vllm/model_executor/model_loader/weight_utils.py):
 - Records logged while a process imports vllm, before that configuration, bypass it and reach
   Python's last-resort handler on stderr ("Triton is installed, but doesn't include CPU
   backend"). `follow_environment()` sets the `vllm` logger's level early to stop them; the
-  package runs it on import, and spawned processes re-import the main module (halo_sql.demo, the
-  `halo-sql` script) before they import vllm, so it runs there too.
+  package runs it on import, and the engine's spawned processes import
+  `halo_sql.llm.engine_process` as their main module before they import vllm, so it runs there
+  too.
 - The "Loading safetensors checkpoint shards" bar obeys the engine option `use_tqdm_on_load`
   only (vLLM passes tqdm's `disable=` itself, so `TQDM_DISABLE` does not reach it):
   `vllm_compat.engine_kwargs` sets it from `engine_logs_quiet()`.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from halo_sql.llm.base import EngineCounters, LLMRequest, LLMResponse, OutputKind, OutputSpec
+from halo_sql.llm.identity import backend_identity
 from halo_sql.llm.prefix_cache import PrefixCache
 from halo_sql.llm.tokenizer import load_tokenizer
 
@@ -50,6 +51,9 @@ class SimBackend:
     ) -> None:
         self.model = model
         self.name = f"sim:{Path(model).name}" if model else "sim"
+        self.identity = backend_identity("sim", model, {"seed": seed})
+        """What answers depend on (see halo_sql.llm.identity): the tokenizer's model directory
+        (it cuts free text at max_tokens) and the seed; not the timing or cache options."""
         self._tokenizer = load_tokenizer(model)
         self._cache = PrefixCache(block_size, max(1, cache_capacity_tokens // block_size))
         self._context_window = context_window

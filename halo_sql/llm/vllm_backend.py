@@ -12,8 +12,9 @@ cached prompt, output). Version-specific vLLM calls live in `vllm_compat`.
     ['no']
     >>> backend.close()                                           # doctest: +SKIP
 
-Scripts that create a VLLMBackend need an `if __name__ == "__main__":` guard: the engine starts
-worker processes with the `spawn` method, which re-imports the main module.
+Plain scripts need no `if __name__ == "__main__":` guard: vLLM starts its engine-core process
+with the `spawn` method, which would re-run the main script in it, and
+`vllm_compat.main_script_not_rerun` keeps it from doing so.
 """
 
 from __future__ import annotations
@@ -30,9 +31,22 @@ from halo_sql.errors import InterfaceError, ModelError
 from halo_sql.llm import aio
 from halo_sql.llm import vllm_compat as compat
 from halo_sql.llm.base import AsyncBackend, EngineCounters, LLMRequest, LLMResponse, OutputKind
+from halo_sql.llm.identity import backend_identity
 
 _log = logging.getLogger(__name__)
 _request_ids = itertools.count()
+
+ANSWER_NEUTRAL_OPTIONS = frozenset({
+    "block_size", "max_model_len", "kv_cache_gib", "kv_cache_memory_bytes", "seed",
+    "enforce_eager", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
+    "enable_chunked_prefill", "swap_space", "disable_log_stats", "scheduling_policy",
+})
+"""Engine options that leave greedy answers alone, so they are not part of a model's identity
+(a persistent response cache shares answers across them): memory and scheduling sizes, the
+sampling seed (greedy decoding ignores it) and the context window (an answer the window cut
+short is never cached: halo_sql.executor.response_cache). `enforce_eager` belongs here too:
+compiled and eager kernels may differ in the last bits as much as two batch compositions of the
+same engine do. Every other option (dtype, quantization, chat template, revision, ...) is."""
 
 
 class VLLMBackend(AsyncBackend):
@@ -71,8 +85,14 @@ class VLLMBackend(AsyncBackend):
         self.chat_template = chat_template
         self.counters = EngineCounters()
         self._engine: Any = None
+        compat.refuse_in_bootstrapping_child(model)
         compat.import_vllm()
         _check_local_model(model)
+        self.identity = backend_identity("vllm", model, {
+            "vllm": compat.vllm_version(), "dtype": dtype, "chat_template": chat_template,
+            **{k: v for k, v in engine_kwargs.items() if k not in ANSWER_NEUTRAL_OPTIONS},
+        })
+        """What answers depend on (see halo_sql.llm.identity and ANSWER_NEUTRAL_OPTIONS)."""
         kwargs = compat.engine_kwargs(
             model,
             block_size=block_size,

