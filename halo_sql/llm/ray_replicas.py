@@ -16,8 +16,8 @@ What Ray does here, through its own APIs (nothing of it is re-implemented):
   coroutine in the actor, which aborts the request in the engine (a LIMIT was reached).
 - A dead actor (killed, its node lost, its engine process crashed) fails every call it held
   with a RayActorError; `ray.kill` ends an actor and the processes it started (vLLM's engine
-  core); `runtime_env` carries the engine's logging settings and, on a cluster halo-sql did not
-  start, halo_sql's own code to the workers.
+  core); `runtime_env` carries the engine's settings and logging to the actors and, on a
+  cluster halo-sql did not start, halo_sql's own code to the workers (`py_modules`).
 
 What halo-sql adds (halo_sql.llm.replicas): prefix-affinity routing and failover, and a count of
 the models using a Ray instance it started, which it shuts down when the last of them closes.
@@ -139,22 +139,21 @@ def _init(ray: ModuleType, cluster: str) -> None:
                       object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     else:
         kwargs["address"] = "auto" if cluster == "auto" else cluster
+        # The workers of a cluster halo-sql did not start run exactly the driver's halo_sql: Ray
+        # uploads the package (a local directory is accepted at the job level only).
+        kwargs["runtime_env"] = {"py_modules": [str(Path(__file__).resolve().parents[1])]}
     try:
         ray.init(**kwargs)
     except Exception as exc:
         raise ModelError(f"could not start or reach Ray (cluster => {cluster!r}): {exc}") from None
 
 
-def _runtime_env(lease: ClusterLease) -> dict[str, Any]:
-    """The actors' environment: the engine's logging settings, and on a cluster halo-sql did not
-    start, halo_sql's own code (so the workers run exactly the driver's version)."""
+def _runtime_env() -> dict[str, Any]:
+    """The actors' environment: the engine's settings and logging as set in this process (on
+    a cluster the workers do not inherit the driver's environment)."""
     names = [*QUIET_ENVIRONMENT, "TOKENIZERS_PARALLELISM"]
     names += [name for name in os.environ if name.startswith("VLLM_")]
-    env = {name: os.environ[name] for name in names if name in os.environ}
-    runtime_env: dict[str, Any] = {"env_vars": env}
-    if not lease.started_local:
-        runtime_env["py_modules"] = [str(Path(__file__).resolve().parents[1])]
-    return runtime_env
+    return {"env_vars": {name: os.environ[name] for name in names if name in os.environ}}
 
 
 # -- the actor ------------------------------------------------------------------------------------
@@ -281,7 +280,7 @@ def start_replicas(
             gpus = 1.0 if spec.backend == "vllm" and has_gpus else 0.0
         if lease.started_local:
             _check_fits(ray, spec.name, len(specs), placement.num_cpus, gpus)
-        runtime_env = _runtime_env(lease)
+        runtime_env = _runtime_env()
         remote = ray.remote(EngineActor)
         for one in specs:
             model = one.model
@@ -300,13 +299,17 @@ def start_replicas(
                 ).remote(spec.name, one.backend, model, dict(one.options))
             )
         infos = _wait_started(ray, actors, spec.name, placement, gpus)
-    except BaseException:
+    except BaseException as exc:
         for actor in actors:
             try:
                 ray.kill(actor, no_restart=True)
-            except Exception as exc:
-                _log.debug("killing a replica that did not start: %s", exc)
+            except Exception as error:
+                _log.debug("killing a replica that did not start: %s", error)
         lease.release()
+        if isinstance(exc, Exception) and not isinstance(exc, ModelError):
+            raise ModelError(
+                f"model {spec.name!r}: could not start its replicas on Ray: {_cause(exc)}"
+            ) from exc
         raise
     return [RayReplica(ray, a, info) for a, info in zip(actors, infos, strict=True)], lease.release
 
