@@ -215,7 +215,8 @@ class RayReplica:
         """The actor handle (`ray.kill(replica.actor)` is what a crash looks like)."""
         self.node = str(info["node"])
         self.pid = int(info["pid"])
-        self.name = f"{info['name']} on node {self.node[:8]} pid {self.pid}"
+        self.engine_name = str(info["name"])
+        self.name = f"{self.engine_name} on node {self.node[:8]} pid {self.pid}"
         self._context_window = int(info["context_window"])
         self._token_counts: OrderedDict[str, int] = OrderedDict()
 

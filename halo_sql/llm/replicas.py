@@ -257,6 +257,9 @@ class Replica(Protocol):
     """One engine of a replicated model, as the ReplicatedBackend drives it."""
 
     name: str
+    """This replica, e.g. 'vllm:/models/x on node 5e1f02ab pid 812'."""
+    engine_name: str
+    """The engine it runs, the same for every replica of a model, e.g. 'vllm:/models/x'."""
 
     async def agenerate(self, request: LLMRequest, *, priority: int = 0) -> LLMResponse:
         """The answer; raises when the replica cannot answer at all (then it is marked down)."""
@@ -285,7 +288,7 @@ class LocalReplica:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.name = backend.name
+        self.name = self.engine_name = backend.name
 
     async def agenerate(self, request: LLMRequest, *, priority: int = 0) -> LLMResponse:
         return await self.backend.agenerate(request, priority=priority)
@@ -476,7 +479,7 @@ class ReplicatedBackend(AsyncBackend):
         self.model = model
         """The model directory or id every replica runs (benchmarks read it)."""
         self.placement = placement or Placement(replicas=len(replicas))
-        self.name = f"{replicas[0].name} x{len(replicas)}" + (
+        self.name = f"{replicas[0].engine_name} x{len(replicas)}" + (
             f" ({self.placement.cluster})" if self.placement.on_ray else ""
         )
         self.resubmitted = 0
