@@ -115,6 +115,17 @@ def text(value: Any, where: str, name: str, *, location: SourceLocation | None =
     return value
 
 
+def texts(
+    value: Any, where: str, name: str, *, location: SourceLocation | None = None
+) -> str | list[str]:
+    """A string, or a non-empty list of strings (e.g. one server URL per model replica)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise _fail(where, name, "a string or a non-empty list of strings", value, location)
+
+
 def finite(value: Any, where: str, name: str, *, location: SourceLocation | None = None) -> Any:
     """Any value whose numbers (also inside lists) are finite: options passed on unchecked
     to an engine still never carry NaN or infinity."""
@@ -129,7 +140,7 @@ def finite(value: Any, where: str, name: str, *, location: SourceLocation | None
 @dataclass(frozen=True)
 class Option:
     """How one option is read: `kind` is one of count, integer, number, positive, fraction,
-    boolean, text, any."""
+    boolean, text, texts (a string or a list of strings), any."""
 
     kind: str
     maximum: float | None = None
@@ -179,6 +190,8 @@ def read_options(
             out[name] = boolean(value, where, name, location=at)
         elif option.kind == "text":
             out[name] = text(value, where, name, location=at)
+        elif option.kind == "texts":
+            out[name] = texts(value, where, name, location=at)
         else:
             out[name] = finite(value, where, name, location=at)
     return out

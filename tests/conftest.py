@@ -54,6 +54,24 @@ def vllm_backend(tiny_model_dir: Path) -> Iterator[VLLMBackend]:
 
 
 @pytest.fixture(scope="session")
+def ray_instance() -> Iterator[None]:
+    """ONE local Ray instance for the session, started and at the end stopped by halo-sql's own
+    code (halo_sql.llm.ray_replicas): models created with cluster => 'ray' run their actors on it
+    instead of each starting one. Skips when Ray is not importable."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"Ray is not importable here ({exc}); install halo-sql[ray] to run this test")
+    from halo_sql.llm import ray_replicas
+
+    lease = ray_replicas.acquire("ray")
+    try:
+        yield
+    finally:
+        lease.release()  # Ray stops once the models using it are closed too
+
+
+@pytest.fixture(scope="session")
 def vllm_server(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VLLMServer]:

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--large-model", help="W4's large model (vllm default: a larger tiny model)")
     run.add_argument("--dtype", help="vLLM weights and activations (default float32: greedy "
                                      "answers equal across systems; bfloat16 is faster on CPU)")
+    run.add_argument("--replicas", type=int,
+                     help="run the default model on N engine replicas, Ray actors on a local Ray "
+                          "instance (replicas => N, cluster => 'ray'; vllm and sim backends)")
     run.add_argument("--systems",
                      help="comma-separated systems (default: naive,per_query,halo,vllm-async; "
                           "without --quick also langgraph and the ablations "
@@ -155,6 +158,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(str(exc))
     if args.dtype and args.backend != "vllm":
         parser.error("--dtype applies to the vllm backend only")
+    if args.replicas is not None and (args.replicas < 1 or args.backend == "openai"):
+        parser.error("--replicas must be at least 1, on the vllm or sim backend (an openai "
+                     "model's replicas are its servers)")
     if (args.queries is not None and args.queries < 1) or args.repeat < 1:
         parser.error("--queries and --repeat must be at least 1")
     model_options: dict[str, str] = {"dtype": args.dtype} if args.dtype else {}
@@ -179,6 +185,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         quick=args.quick,
         warm_batch=args.warm_batch,
         repeat=args.repeat,
+        replicas=args.replicas,
     )
     progress = Progress(enabled=not args.no_progress)
     if args.scaling or args.online:

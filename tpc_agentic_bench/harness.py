@@ -105,6 +105,9 @@ class BenchConfig:
     repeat: int = 1
     """Runs of each (workload, system), each from a cold prefix cache; the wall time reported is
     their median (the token counts and answers are those of the first run)."""
+    replicas: int | None = None
+    """Run the default model on this many engine replicas, Ray actors on a local Ray instance
+    (`replicas => N, cluster => 'ray'`; halo_sql.llm.replicas); None: one engine in process."""
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -166,11 +169,14 @@ def _option_literal(value: Any) -> str:
 
 def model_setup(config: BenchConfig, cache_dir: Path) -> ModelSetup:
     """Resolve the run's models, writing the tiny models when vLLM runs without --model."""
+    # Replicas apply to the default model (and W4's small one, the same engines); W4's large
+    # model stays one engine.
+    placement = {} if config.replicas is None else {"replicas": config.replicas, "cluster": "ray"}
     if config.backend == "sim":
         options = dict(config.model_options)
         large_options = {**options, "seed": int(options.get("seed", 0)) + 1}
-        return ModelSetup("sim", config.model, options, config.large_model or config.model,
-                          large_options)
+        return ModelSetup("sim", config.model, {**options, **placement},
+                          config.large_model or config.model, large_options)
     if config.backend == "openai":
         # A running OpenAI-compatible server: its model(s) by served name, no files written.
         options = dict(config.model_options)
@@ -187,7 +193,7 @@ def model_setup(config: BenchConfig, cache_dir: Path) -> ModelSetup:
     if large is None:
         large = str(_tiny_model(cache_dir / "tiny-model-large", write_tiny_model, TINY_LARGE))
     options = {**DEFAULT_VLLM_OPTIONS, **config.model_options}
-    return ModelSetup("vllm", model, _chat_option(model, options), large,
+    return ModelSetup("vllm", model, _chat_option(model, {**options, **placement}), large,
                       _chat_option(large, options))
 
 

@@ -16,6 +16,16 @@ from typing import Any
 from halo_sql.errors import SourceLocation
 from halo_sql.options import Option, read_options
 
+PLACEMENT: dict[str, Option] = {
+    "replicas": Option("count"),
+    "cluster": Option("text"),
+    "routing": Option("text"),
+    "replica_num_cpus": Option("number"),
+    "replica_num_gpus": Option("number"),
+    "replica_start_timeout": Option("positive"),
+}
+"""Where a model runs, for every backend (halo_sql.llm.replicas checks the values further)."""
+
 MODEL_OPTIONS: dict[str, dict[str, Option]] = {
     "sim": {
         "block_size": Option("count"),
@@ -25,9 +35,11 @@ MODEL_OPTIONS: dict[str, dict[str, Option]] = {
         "latency_per_request": Option("number", maximum=60.0),
         "step_seconds": Option("number", maximum=60.0),
         "max_num_seqs": Option("count"),
+        **PLACEMENT,
     },
     "openai": {
-        "base_url": Option("text"),
+        "base_url": Option("texts"),
+        "base_urls": Option("texts"),
         "api_key_env": Option("text"),
         "max_concurrency": Option("count"),
         "timeout": Option("positive"),
@@ -36,6 +48,7 @@ MODEL_OPTIONS: dict[str, dict[str, Option]] = {
         "structured_outputs": Option("text"),
         "context_window": Option("count"),
         "tokenizer": Option("text"),
+        **PLACEMENT,
     },
     "vllm": {
         "block_size": Option("count"),
@@ -47,6 +60,7 @@ MODEL_OPTIONS: dict[str, dict[str, Option]] = {
         "max_num_seqs": Option("count"),
         "chat_template": Option("boolean"),
         "gpu_memory_utilization": Option("fraction"),
+        **PLACEMENT,
     },
 }
 """Known options per backend. A vllm model may take further engine arguments (passed to

@@ -82,6 +82,17 @@ def shutdown_all() -> None:
 
 
 def _start(spec: ModelSpec) -> Backend:
+    from halo_sql.llm.replicas import placement_of, replica_specs, start_replicated
+
+    placement = placement_of(spec)
+    if placement.replicated:  # several engines, or one on a Ray cluster: halo_sql.llm.replicas
+        return start_replicated(spec, placement, start_backend)
+    return start_backend(replica_specs(spec, placement)[0])
+
+
+def start_backend(spec: ModelSpec) -> Backend:
+    """Start one engine for `spec` here, outside the pool (a replica's engine: the pool holds
+    the replicated model). `spec` carries no placement options (halo_sql.llm.replicas)."""
     # A known model name (smollm2-135m) becomes its pulled directory and its engine defaults.
     model, defaults = resolve_model_name(spec.model)
     options = dict(spec.options)
@@ -114,7 +125,11 @@ def _start(spec: ModelSpec) -> Backend:
 def check_spec(spec: ModelSpec) -> None:
     """Refuse, before a model is stored, options its backend does not take: above all an API
     key, which would land in the database file (the openai backend takes the NAME of the
-    environment variable that holds it: api_key_env)."""
+    environment variable that holds it: api_key_env), and placement options that make no sense
+    (halo_sql.llm.replicas)."""
+    from halo_sql.llm.replicas import PLACEMENT_OPTIONS, placement_of
+
+    placement_of(spec)  # for openai: also its list of servers, one per replica
     if spec.backend != "openai":
         return
     if "api_key" in spec.options:
@@ -126,7 +141,8 @@ def check_spec(spec: ModelSpec) -> None:
         raise BinderError(
             f"model {spec.name!r}: the openai backend needs model => 'served-model-name'"
         )
-    _check_options(spec, dict(spec.options), OPENAI_OPTIONS)
+    options = {k: v for k, v in spec.options.items() if k not in PLACEMENT_OPTIONS}
+    _check_options(spec, options, OPENAI_OPTIONS | {"base_urls"})
 
 
 def _check_options(spec: ModelSpec, options: dict[str, Any], allowed: set[str]) -> None:

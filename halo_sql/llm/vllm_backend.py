@@ -178,8 +178,11 @@ class VLLMBackend(AsyncBackend):
     def reset_cache(self) -> None:
         """Forget every cached prefix, as a freshly started engine would (benchmarks start each
         system cold with it). Same name as the sim backend's."""
-        engine = self._live()
-        aio.run(compat.reset_prefix_cache_async(engine))
+        aio.run(self.areset_cache())
+
+    async def areset_cache(self) -> None:
+        """`reset_cache` for code on the engine's own loop (a replica's Ray actor)."""
+        await compat.reset_prefix_cache_async(self._live())
 
     def close(self) -> None:
         """Stop the engine and its worker processes; calling it twice is harmless."""

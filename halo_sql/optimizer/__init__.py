@@ -80,7 +80,10 @@ class OptimizerReport:
     seconds: float = 0.0
     models: tuple[str, ...] = ()
     profiles: dict[str, str] = field(default_factory=dict)
-    """Model -> the profile its requests were priced with (placement: one instance per model)."""
+    """Model -> the profile its requests were priced with."""
+    placements: dict[str, str] = field(default_factory=dict)
+    """Model -> where its engines run, for models on replicas (halo_sql.llm.replicas); models
+    not named here run on one engine in this process."""
 
 
 BATCH_DISABLED = frozenset(
@@ -188,6 +191,10 @@ def _optimize(
         profile = context.profile(model)
         kind = "calibrated" if profile.measured else "shipped"
         report.profiles[model] = f"{profile.backend} profile {profile.name!r} ({kind})"
+        where = getattr(context, "placement", None)
+        text = where(model) if callable(where) else None
+        if text:
+            report.placements[model] = text
     report.seconds = time.perf_counter() - began
     return replace(plan, root=final, optimizer=report)
 

@@ -282,7 +282,7 @@ class CostModel:
                 # An identical call below answered these rows: the statement's memo serves them.
                 return OpEstimate(rows_out, processed, Cost(processed * ARROW_CELL_S), "memo")
             cost = self.llm_cost(node.call, node.arguments, child, processed)
-            return OpEstimate(rows_out, processed, cost)
+            return OpEstimate(rows_out, processed, cost, self.placement_note(node.call.model))
         if isinstance(node, lp.AgentCall):
             return self._agent_estimate(node, processed, rows_out)
         if isinstance(node, lp.SQLFilter):
@@ -310,10 +310,22 @@ class CostModel:
             prompt_tokens=base + observation * (steps - 1) / 2,
             cached_tokens=base * 0.5 + observation * max(0.0, steps - 2) / 2,
             output_tokens=float(min(agent.max_tokens, 96)),
+            static_tokens=base * 0.5,
         )
         profile = self.stats.context.profile(model) if model else BackendProfile()
         cost = request_cost(rows * steps, prompt, profile)
-        return OpEstimate(rows_out, rows, cost, f"agent {agent.name}: ~{steps:g} steps per row")
+        note = f"agent {agent.name}: ~{steps:g} steps per row"
+        where = self.placement_note(model) if model else ""
+        return OpEstimate(rows_out, rows, cost, f"{note}, {where}" if where else note)
+
+    def placement_note(self, model: str) -> str:
+        """Where a model's requests go, for EXPLAIN: '' on one engine, else e.g.
+        'on 2 replicas by prefix affinity'."""
+        profile = self.stats.context.profile(model)
+        if profile.replicas <= 1:
+            return ""
+        how = "prefix affinity" if profile.routing == "prefix" else "round robin"
+        return f"on {profile.replicas} replicas by {how}"
 
     def llm_cost(
         self, call: LLMCall, args: tuple[str, ...], child: LogicalProps, rows: float
@@ -383,16 +395,31 @@ class CostModel:
 
 
 def request_cost(requests: float, prompt: PromptStats, profile: BackendProfile) -> Cost:
-    """Prefill, decode and overheads of `requests` requests shaped like `prompt`."""
+    """Prefill, decode and overheads of `requests` requests shaped like `prompt`.
+
+    Placement: on R replicas (`profile.replicas`) the requests split evenly and the replicas
+    run side by side (prefill and decode divided by R), and each replica computes the shared
+    prefix once. Prefix-affinity routing keeps requests that share more than the static prefix
+    (sorted neighbours, a row's later steps) on one replica; round-robin sends such a pair to
+    the same replica only one time in R, so only 1/R of that extra sharing stays cached.
+    """
+    replicas = max(1, min(profile.replicas, math.ceil(requests)))
+    cached_each = prompt.cached_tokens
+    if replicas > 1 and profile.routing == "round_robin" and prompt.static_tokens is not None:
+        static = min(prompt.static_tokens, cached_each)
+        cached_each = static + (cached_each - static) / replicas
     prompt_tokens = requests * prompt.prompt_tokens
-    cached = max(0.0, requests - 1) * prompt.cached_tokens
+    cached = max(0.0, requests - replicas) * cached_each
     computed = prompt_tokens - cached
-    per_request = prompt.prompt_tokens - prompt.cached_tokens
-    prefill = computed / profile.prefill_tokens_per_s
-    attention = requests * 0.5 * per_request * (per_request + 1) * profile.attention_token_step_s
+    per_request = prompt.prompt_tokens - cached_each
+    prefill = computed / (profile.prefill_tokens_per_s * replicas)
+    attention = (
+        requests * 0.5 * per_request * (per_request + 1) * profile.attention_token_step_s / replicas
+    )
     per_seq = prompt.prompt_tokens + prompt.output_tokens
-    batch = max(1.0, min(float(profile.max_batch), profile.kv_cache_tokens / max(per_seq, 1.0), requests))
-    waves = math.ceil(requests / batch)
+    each = requests / replicas
+    batch = max(1.0, min(float(profile.max_batch), profile.kv_cache_tokens / max(per_seq, 1.0), each))
+    waves = math.ceil(each / batch)
     decode = waves * prompt.output_tokens * profile.decode_step(batch)
     calls = math.ceil(requests / LLM_BATCH_ROWS)
     seconds = (

@@ -119,7 +119,9 @@ def explain_text(plan: lp.StatementPlan, actual: Actual | None = None, stats: An
             f"tasks={report.search.tasks} rules applied: {', '.join(report.rules) or 'none'}"
         )
         for model, profile in sorted(report.profiles.items()):
-            lines.append(f"placement: model {model} priced with the {profile}")
+            where = report.placements.get(model)
+            on = f" on {where};" if where else ""
+            lines.append(f"placement: model {model}{on} priced with the {profile}")
         if report.sampled_requests:
             lines.append(
                 f"optimizer: sampled {report.sampled_requests} rows to estimate LLM predicate "
@@ -194,6 +196,7 @@ def explain_json(plan: lp.StatementPlan, actual: Actual | None = None, stats: An
             "tasks": report.search.tasks,
             "sampled_requests": report.sampled_requests,
             "profiles": report.profiles,
+            "placements": report.placements,
         }
     if stats is not None:
         payload["actual_total"] = stats.as_dict()

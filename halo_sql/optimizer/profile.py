@@ -52,6 +52,11 @@ class BackendProfile:
     text_output_tokens: float = 32.0
     """Average answer length of free-text calls (bounded by their max_tokens)."""
     context_window: int = 4096
+    replicas: int = 1
+    """Engines serving the model, each with its own prefix cache (placement: set from the
+    model's options, never measured; halo_sql.llm.replicas)."""
+    routing: str = "prefix"
+    """How requests reach the replicas: 'prefix' (affinity) or 'round_robin'."""
 
     def decode_step(self, batch: float) -> float:
         """Time of one decode step with `batch` running sequences."""

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from halo_sql.errors import HaloError
 from halo_sql.llm.models import pulled_path
+from halo_sql.llm.replicas import Placement, placement_of
 from halo_sql.llm.tokenizer import TextTokenizer, load_tokenizer
 from halo_sql.logical.llm_call import InvalidAnswer, LLMCall
 from halo_sql.optimizer.profile import BackendProfile, find_profile
@@ -70,7 +72,25 @@ class SessionContext:
             changes["block_size"] = int(options["block_size"])
         if "cache_capacity_tokens" in options:
             changes["kv_cache_tokens"] = int(options["cache_capacity_tokens"])
+        placement = self._placement(model)
+        if placement is not None:  # never from a calibrated file: the model's options decide
+            changes["replicas"] = placement.replicas
+            changes["routing"] = placement.routing
         return replace(profile, **changes) if changes else profile
+
+    def placement(self, model: str) -> str | None:
+        """Where `model`'s engines run, for EXPLAIN (None: one engine in this process)."""
+        placement = self._placement(model)
+        return placement.describe() if placement is not None and placement.replicated else None
+
+    def _placement(self, model: str) -> Placement | None:
+        spec = self._spec(model)
+        if spec is None or not hasattr(spec, "options"):
+            return None
+        try:
+            return placement_of(spec)
+        except HaloError:
+            return None  # refused when the model starts, with the reason
 
     def ask(self, call: LLMCall, rows: Sequence[Sequence[str]]) -> list[Any] | None:
         if self.stats is None or not rows:

@@ -114,6 +114,10 @@ class PromptStats:
     """Per request after the first: the static prefix plus what sorted neighbours share,
     whole cache blocks only."""
     output_tokens: float
+    static_tokens: float | None = None
+    """The part of `cached_tokens` every request shares (the template's static prefix): it is
+    cached on whichever replica a request goes to, while what neighbours (or a row's earlier
+    steps) share is cached only where they went. None: all of `cached_tokens`."""
 
 
 class Statistics:
@@ -325,7 +329,10 @@ class Statistics:
             ]
             cached = max(cached, sum(shared) / len(shared))
         cached = min(cached, max(0.0, prompt_tokens - 1))
-        stats = PromptStats(prompt_tokens, cached, self._output_tokens(call, profile, count))
+        stats = PromptStats(
+            prompt_tokens, cached, self._output_tokens(call, profile, count),
+            static_tokens=min(cached, float(static_tokens // block * block)),
+        )
         self._prompts[key] = stats
         return stats
 
