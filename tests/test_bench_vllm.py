@@ -37,7 +37,9 @@ def test_quick_benchmark_runs_every_workload_on_vllm_and_the_systems_agree(
         model=str(tiny_model_dir),
         quick=True,
         cache_dir=tpch_dir.parent,
-        systems=("naive", "per_query", "halo") + (("vllm-async",) if shares_engine else ()),
+        # `naive` and `per_query` (halo slowed down) answer as halo does on the sim backend
+        # (tests/test_bench.py); here they would only add minutes of CI.
+        systems=("halo",) + (("vllm-async",) if shares_engine else ()),
     )
     report: dict[str, Any] = run_benchmark(config, Progress(enabled=False))
     print(format_report(report))
