@@ -416,6 +416,7 @@ def test_prefix_routing_caches_more_prompt_tokens_than_round_robin_on_ray(
         by_turn = two_steps(ray_pair)[2]
     finally:
         ray_pair.set_routing("prefix")
+    print(f"cached prompt tokens on two Ray replicas: prefix {by_prefix}, round robin {by_turn}")
     assert by_prefix > by_turn
 
 
