@@ -369,6 +369,14 @@ class ModelQueue:
                 flight.future.exception()  # retrieved: no "never retrieved" noise if unwaited
         else:
             flight.future.set_result(result)  # type: ignore[arg-type]
+            # The answer goes into its askers' memos now, before any other task runs: the
+            # flight has left `_inflight`, and an identical request of another query of the
+            # batch arriving before the askers resume must find it there, not send it again.
+            payer = flight.payer()
+            owner = id(payer.stats) if payer is not None and payer.stats is not None else 0
+            for waiter in flight.waiters:
+                if waiter.stats is not None and not waiter.cancelled:
+                    waiter.stats.memo.put(flight.key, result[0], owner)  # type: ignore[index]
             for listener in flight.on_answer:
                 listener(result[0])  # type: ignore[index]
 
