@@ -15,7 +15,6 @@ the queries between two such statements run concurrently.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import threading
 import time
@@ -31,7 +30,7 @@ from sqlglot.tokens import TokenType
 from halo_sql.errors import HaloError, InternalError, ProgrammingError
 from halo_sql.executor.duckdb_bridge import duckdb_error
 from halo_sql.executor.engine import ConnectionSource, SubplanCache
-from halo_sql.executor.runtime import ResponseMemo, StatementStats
+from halo_sql.executor.runtime import ResponseMemo, Slots, StatementStats
 from halo_sql.llm import aio
 from halo_sql.parser.statements import (
     is_own_statement,
@@ -208,7 +207,7 @@ class BatchRun:
         self.session = session
         self.items = list(items)
         self.max_queries_in_flight = max_queries_in_flight
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = Slots(max_queries_in_flight)
         self.results = [
             Result(None, StatementStats(), sql) for sql, _ in self.items
         ]
@@ -309,12 +308,7 @@ class BatchRun:
         connections: ConnectionSource,
         shared: SubplanCache,
     ) -> None:
-        if self.max_queries_in_flight is not None:
-            if self._slots is None:
-                self._slots = asyncio.Semaphore(self.max_queries_in_flight)
-            async with self._slots:
-                await self._run_query_now(index, plan, params, connections, shared)
-        else:
+        async with self._slots():
             await self._run_query_now(index, plan, params, connections, shared)
 
     async def _run_query_now(

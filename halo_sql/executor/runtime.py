@@ -416,6 +416,22 @@ def queue_for(backend: Backend) -> ModelQueue:
     return queue
 
 
+class Slots:
+    """At most `limit` holders at once (None: no limit), as `async with slots():`. The semaphore
+    is made on first use, on the event loop that uses it."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def __call__(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        if self.limit is None:
+            return contextlib.nullcontext()
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.limit)
+        return self._semaphore
+
+
 def _forget(key: int, queue: ModelQueue) -> None:
     with _queues_lock:
         if _queues.get(key) is queue:
@@ -439,7 +455,7 @@ class LLMRuntime:
         self.max_concurrency = max_concurrency
         """At most this many of this runtime's requests wait for answers at once (None: no
         limit; 1 gives one request at a time, the `naive` benchmark system)."""
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = Slots(max_concurrency)
         self.cache: ResponseCache | None = None
         """The persistent response cache (the session sets it; None: off)."""
 
@@ -479,12 +495,7 @@ class LLMRuntime:
                 return found
         queue = queue_for(backend)
         try:
-            if self.max_concurrency is not None:
-                if self._slots is None:
-                    self._slots = asyncio.Semaphore(self.max_concurrency)
-                async with self._slots:
-                    answer = await queue.submit(key, request, stats, priority, store)
-            else:
+            async with self._slots():
                 answer = await queue.submit(key, request, stats, priority, store)
         except BackendFailure as failure:
             if isinstance(failure.cause, ModelError):
